@@ -1,0 +1,1 @@
+"""Modules that own parameters (OpenCLIP names) and call ``clipfast.ops`` only."""

@@ -1,0 +1,1 @@
+"""Training: CLI, loop, data, zero-shot evaluation, checkpoints, distributed. Nothing imports this package."""
