@@ -1,0 +1,52 @@
+# The two commands of the README: `make test` and `make demo`. Both set up .venv when it is missing
+# (pinned dev requirements), build and install clipfast with its extension, then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+# The CUDA build needs the toolkit root explicitly and, without a GPU, the archs.
+export CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
+export MAX_JOBS ?= 2
+# Keep BLAS threads to the cores we have.
+export OMP_NUM_THREADS ?= $(shell nproc)
+
+.PHONY: setup build test demo bench aot-report cmake-check clean
+
+setup: $(VENV)/.deps
+build: $(VENV)/.built
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml csrc/sources.cmake $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+test: build
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest tests -q --durations=15
+
+demo: build
+	$(PY) -m clipfast.info
+	$(VENV)/bin/pytest bench/bench_quick_gelu.py --benchmark-only -q
+
+bench: build
+	$(VENV)/bin/pytest bench --benchmark-only
+
+# Resources (registers, shared, spills) of every Triton kernel config, compiled for sm_80 and sm_90.
+aot-report: build
+	$(PY) -m clipfast.kernels._aot
+
+# Configure and build clipfast._C with CMake from the same source list as setup.py.
+cmake-check: build
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DPython3_EXECUTABLE=$(PY) -DCLIPFAST_WITH_CUDA=$${CLIPFAST_CMAKE_CUDA:-OFF}
+	cmake --build build/cmake -j $(MAX_JOBS)
+
+clean:
+	rm -rf build *.egg-info clipfast/*.so

@@ -1,0 +1,105 @@
+"""Pick the backend each op runs on, and say why.
+
+Backends, fastest first:
+
+- ``triton``: the op's Triton kernels (``clipfast.kernels.<op>``) — for CUDA tensors when triton is
+  importable, and for CPU tensors under ``TRITON_INTERPRET=1`` (how the tests prove kernels here).
+- ``cuda``: the compiled extension ``clipfast._C`` (``torch.ops.clipfast.<op>_fwd``/``_bwd``), which
+  holds a CUDA kernel and a C++ CPU kernel sharing the per-element math; used when it is loaded and
+  has a kernel for the tensor's device.
+- ``reference``: the op's plain PyTorch implementation (``clipfast.ops.<op>.<op>_ref``); always there.
+
+``CLIPFAST_BACKEND=reference|triton|cuda`` forces one for every op that has it (an op without it
+uses ``reference``); forcing a backend this machine can't run raises an error that says why.
+"""
+import importlib.util
+import os
+
+import torch
+
+from clipfast import _extension
+
+BACKENDS = ("reference", "triton", "cuda")
+
+# The accelerated backends each op has, in order of preference. ``reference`` is implied for all.
+OP_BACKENDS = {
+    "quick_gelu": ("triton", "cuda"),
+    "contrastive_loss": ("triton",),
+    "sigmoid_loss": (),
+    "attention": (),
+    "attention_pool": (),
+    "layer_norm": (),
+}
+
+
+def interpreter_on():
+    """True when ``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_reason(device):
+    """None if Triton kernels can run on ``device``, else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        return None if interpreter_on() else "CPU tensors need TRITON_INTERPRET=1 (interpreter, tests only)"
+    return f"no Triton backend for device type {device.type!r}"
+
+
+def _cuda_reason(op, device):
+    """None if the extension has ``op`` for ``device``, else why not."""
+    if _extension.load() is None:
+        return f"clipfast._C not loaded ({_extension.load_error()})"
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    name = f"clipfast::{op}_fwd"
+    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key(name, key):
+        built = "built" if torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU") else "has no such op"
+        return f"clipfast._C {built} without a {device.type} kernel for {op}"
+    return None
+
+
+def _reason(op, backend, device):
+    if backend == "reference":
+        return None
+    if backend not in OP_BACKENDS[op]:
+        return f"{op} has no {backend} implementation"
+    return _triton_reason(device) if backend == "triton" else _cuda_reason(op, device)
+
+
+def _check(op, device):
+    if op not in OP_BACKENDS:
+        raise ValueError(f"op: unknown op {op!r}; expected one of {sorted(OP_BACKENDS)}")
+    return torch.device(device)
+
+
+def forced():
+    """The backend forced by ``CLIPFAST_BACKEND``, or None."""
+    value = os.environ.get("CLIPFAST_BACKEND", "").strip().lower()
+    if value and value not in BACKENDS:
+        raise ValueError(f"CLIPFAST_BACKEND={value!r}: expected one of {BACKENDS}")
+    return value or None
+
+
+def select(op, device):
+    """Return the backend ``op`` runs on for tensors on ``device``: "triton", "cuda" or "reference"."""
+    device = _check(op, device)
+    want = forced()
+    if want is not None:
+        if want not in OP_BACKENDS[op]:
+            return "reference"
+        reason = _reason(op, want, device)
+        if reason is not None:
+            raise RuntimeError(f"CLIPFAST_BACKEND={want} but {op} can't run on {want} for {device}: {reason}")
+        return want
+    for backend in OP_BACKENDS[op]:
+        if _reason(op, backend, device) is None:
+            return backend
+    return "reference"
+
+
+def explain(op, device):
+    """Map each backend to "available" or the reason ``op`` can't use it on ``device``."""
+    device = _check(op, device)
+    return {b: _reason(op, b, device) or "available" for b in BACKENDS}
