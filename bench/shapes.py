@@ -1,0 +1,16 @@
+"""Named benchmark shapes: CPU-sized by default (each case runs in seconds), CLIP's real shapes on a GPU."""
+import torch
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+
+# quick_gelu: (rows, features) of the MLP's c_fc output — batch·seq × 4·width.
+QUICK_GELU = {
+    "vit_b32_mlp": (64 * 50, 3072),
+    "text_mlp_odd": (3 * 77, 2048),
+} if not ON_GPU else {
+    "vit_b32_mlp": (256 * 50, 3072),
+    "vit_b16_mlp": (128 * 197, 3072),
+    "vit_l14_mlp": (64 * 257, 4096),
+    "text_mlp": (256 * 77, 2048),
+}
