@@ -1,0 +1,417 @@
+"""Triton kernels for the chunked (tile-wise) CLIP contrastive loss: each logit tile is computed once.
+
+Math. For one rectangular block a (M, d), b (N, d) and a scalar ``scale`` (s = exp(logit_scale)):
+
+    S = s · a · bᵀ                                   (M, N), never materialised
+    lse_row_i = log Σ_j exp(S_ij)    (over this block's N columns)
+    lse_col_j = log Σ_i exp(S_ij)    (over this block's M rows)
+
+The symmetric CLIP loss ½·(mean_i(lse_row_i − S_ii) + mean_j(lse_col_j − S_jj)) is assembled by the ops
+layer (``clipfast.ops.contrastive_loss``), which also owns the diagonal and d(scale). Given the GLOBAL
+LSEs and per-row/column coefficients (``coef = grad_out · 0.5 / N`` for the plain loss), the backward is
+
+    P_ij = coef_row_i · exp(S_ij − lse_row_i) + coef_col_j · exp(S_ij − lse_col_j)
+    da = s · P · b        (M, d)        db = s · Pᵀ · a        (N, d)
+
+Algorithm.
+
+* Forward (``_contrastive_loss_fwd_kernel``): grid (row blocks, column splits). A program owns BLOCK_M
+  rows and walks the column tiles of its split; each S tile is built with a loop over d in BLOCK_D
+  chunks (``tl.dot``, fp32 accumulation) and used for BOTH directions: the row LSE with an online max
+  (kept in registers across tiles) and the column (max, Σexp) of the tile, stored as a partial. Partials
+  live in fp32 buffers (splits, M) and (row blocks, N), in base-2 units (the kernel works with exp2 and
+  S·log2(e)). ``_contrastive_loss_lse_kernel`` then merges the partials of each row/column in a fixed
+  order, so the LSEs are bitwise deterministic. One N²d matmul.
+* Backward (``_contrastive_loss_bwd_kernel``): same grid; each S tile is recomputed once from a and b
+  and turned into P with the saved LSEs, then a second loop over d chunks adds P·b[:, chunk] into this
+  program's rows of da (read-modify-write of rows only this program owns: deterministic) and, with
+  ATOMIC_DB, Pᵀ·a[:, chunk] into db with fp32 atomics. Column splits > 1 write separate da partials
+  (splits, M, d) that the launcher sums in a fixed order.
+
+Determinism of db. The 4-matmul floor (1 forward + 3 backward) needs a reduction of db over row blocks.
+``deterministic=False`` (the default unless ``torch.use_deterministic_algorithms(True)``) does it with
+fp32 ``atomic_add``: 3 backward matmuls, but the summation order of db varies between runs, so db is not
+bitwise reproducible (last-bit differences, like FlashAttention's dq). ``deterministic=True`` computes
+db with a second launch of the same kernel on the transposed problem (b, a, lse_col, lse_row, coef_col,
+coef_row): 4 backward matmuls, bitwise reproducible. Per-row-block db partials would be deterministic with
+3 matmuls but cost (M/BLOCK_M)·N·d·4 bytes (17 GB at M = N = 32k, d = 512), so they are not offered.
+
+Precision. fp16/bf16 inputs go to the tensor cores as they are, with fp32 accumulation; P is cast to the
+input dtype for the backward dots after being divided by ``norm = max|coef|`` (P/norm ∈ [−2, 2], so fp16
+does not flush the ~0.5/N-sized values to subnormals) and multiplied by s; the launcher multiplies the
+result back by ``norm``. fp32 inputs use ``input_precision="ieee"`` (full fp32 products: TF32 would round
+the features to 10 mantissa bits, an S error ≈ 0.05 at s = 100); cast features to bf16 for tensor-core
+speed. Under the Triton interpreter (CPU tensors) operands are upcast to fp32 right after each load
+(bf16 arithmetic is broken there); fp16/bf16 → fp32 is exact and their products are exact in fp32, so
+this computes what the tensor cores compute, except that P is not rounded to the input dtype.
+
+Stability: all exponentials are exp2(x − running max) ≤ 1, so any ``scale`` (e.g. 100) and any logits
+that fit fp32 give finite LSEs; exp underflow only drops terms < 2⁻¹²⁶ of the row/column maximum.
+
+Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (67 MB at
+M = N = 32k); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
+
+Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
+M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import AotSpec
+
+_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
+_TARGET_PROGRAMS = 512
+_LSE_BLOCK = 256
+
+
+@triton.jit
+def _contrastive_loss_fwd_kernel(
+    a_ptr, b_ptr, scale_ptr,
+    row_max_ptr, row_sum_ptr,  # (n_splits, M) fp32: partial row max / Σexp2 (base 2) per column split
+    col_max_ptr, col_sum_ptr,  # (n_row_blocks, N) fp32: partial column max / Σexp2 per row block
+    M, N, D,
+    stride_am, stride_bn,  # row strides of a and b (elements); stride along d is 1
+    tiles_per_split,  # column tiles each program walks
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634  # s · log2(e)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < M
+    offs_d = tl.arange(0, BLOCK_D)
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    n_start = pid_s * tiles_per_split * BLOCK_N
+    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_valid = offs_n < N
+        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, D, BLOCK_D):  # S tile = a[rows] · b[cols]ᵀ, d in BLOCK_D chunks
+            dk = k + offs_d
+            d_valid = dk < D
+            a = tl.load(a_rows + dk[None, :], mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        s2 = acc * scale2
+        # Rows: online max over the column tiles (every tile has ≥ 1 valid column, so m_new is finite).
+        s_r = tl.where(col_valid[None, :], s2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s_r - m_new[:, None]), axis=1)
+        m_i = m_new
+        # Columns: this row block's (max, Σexp2) of each column (≥ 1 valid row, so c_max is finite).
+        s_c = tl.where(row_valid[:, None], s2, float("-inf"))
+        c_max = tl.max(s_c, axis=0)
+        c_sum = tl.sum(tl.exp2(s_c - c_max[None, :]), axis=0)
+        col_off = pid_m.to(tl.int64) * N + offs_n
+        tl.store(col_max_ptr + col_off, c_max, mask=col_valid)
+        tl.store(col_sum_ptr + col_off, c_sum, mask=col_valid)
+    row_off = pid_s.to(tl.int64) * M + offs_m
+    tl.store(row_max_ptr + row_off, m_i, mask=row_valid)
+    tl.store(row_sum_ptr + row_off, l_i, mask=row_valid)
+
+
+@triton.jit
+def _contrastive_loss_lse_kernel(
+    max_ptr, sum_ptr,  # (K, L) fp32 partials in base 2
+    out_ptr,  # (L,) fp32 natural-log LSE
+    K, L,
+    BLOCK: tl.constexpr,
+):
+    """out_l = ln2 · (m + log2 Σ_k sum_kl · 2^(max_kl − m)), merged over k = 0, 1, … in this order."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < L
+    m = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK,), dtype=tl.float32)
+    max_ptrs = max_ptr + offs
+    sum_ptrs = sum_ptr + offs
+    for _ in range(0, K):
+        pm = tl.load(max_ptrs, mask=valid, other=0.0).to(tl.float32)
+        ps = tl.load(sum_ptrs, mask=valid, other=1.0).to(tl.float32)
+        m_new = tl.maximum(m, pm)
+        s = s * tl.exp2(m - m_new) + ps * tl.exp2(pm - m_new)
+        m = m_new
+        max_ptrs += L
+        sum_ptrs += L
+    tl.store(out_ptr + offs, (m + tl.log2(s)) * 0.6931471805599453, mask=valid)
+
+
+@triton.jit
+def _contrastive_loss_bwd_kernel(
+    a_ptr, b_ptr, scale_ptr,
+    norm_ptr,  # () fp32: max|coef|, divided out of P before the low-precision cast
+    lse_row_ptr, lse_col_ptr, coef_row_ptr, coef_col_ptr,  # (M,), (N,), (M,), (N,) fp32
+    da_ptr,  # (n_splits, M, D) fp32, zero-initialised: Σ over this split's columns of s·P/norm·b
+    db_ptr,  # (N, D) fp32, zero-initialised; atomically accumulated when ATOMIC_DB
+    M, N, D,
+    stride_am, stride_bn,
+    tiles_per_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    LOG2E: tl.constexpr = 1.4426950408889634
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    inv_norm = 1.0 / tl.load(norm_ptr).to(tl.float32)
+    scale2 = scale * LOG2E
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < M
+    offs_d = tl.arange(0, BLOCK_D)
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+    da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
+    # Padded rows/columns get lse = +inf and coef = 0, so their P is exactly 0.
+    lr2 = tl.load(lse_row_ptr + offs_m, mask=row_valid, other=float("inf")).to(tl.float32) * LOG2E
+    cr = tl.load(coef_row_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * (inv_norm * scale)
+
+    n_start = pid_s * tiles_per_split * BLOCK_N
+    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_valid = offs_n < N
+        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, D, BLOCK_D):  # S tile = a[rows] · b[cols]ᵀ, d in BLOCK_D chunks
+            dk = k + offs_d
+            d_valid = dk < D
+            a = tl.load(a_rows + dk[None, :], mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        s2 = acc * scale2
+        lc2 = tl.load(lse_col_ptr + offs_n, mask=col_valid, other=float("inf")).to(tl.float32) * LOG2E
+        cc = tl.load(coef_col_ptr + offs_n, mask=col_valid, other=0.0).to(tl.float32) * (inv_norm * scale)
+        s2 = tl.where(row_valid[:, None] & col_valid[None, :], s2, float("-inf"))  # padding: P = 0
+        p = cr[:, None] * tl.exp2(s2 - lr2[:, None]) + cc[None, :] * tl.exp2(s2 - lc2[None, :])
+        if not UPCAST:
+            p = p.to(a_ptr.dtype.element_ty)
+        for k in range(0, D, BLOCK_D):
+            dk = k + offs_d
+            d_valid = dk < D
+            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
+            if UPCAST:
+                b = b.to(tl.float32)
+            da_mask = row_valid[:, None] & d_valid[None, :]
+            da = tl.load(da_rows + dk[None, :], mask=da_mask, other=0.0)
+            da = tl.dot(p, b, da, input_precision=INPUT_PRECISION)
+            tl.store(da_rows + dk[None, :], da, mask=da_mask)
+            if ATOMIC_DB:
+                a = tl.load(a_rows + dk[None, :], mask=da_mask, other=0.0)
+                if UPCAST:
+                    a = a.to(tl.float32)
+                ddb = tl.dot(tl.trans(p), a, input_precision=INPUT_PRECISION)
+                db_ptrs = db_ptr + offs_n.to(tl.int64)[:, None] * D + dk[None, :]
+                tl.atomic_add(db_ptrs, ddb, mask=col_valid[:, None] & d_valid[None, :], sem="relaxed")
+        # The next tile re-reads da rows other threads of this program stored.
+        tl.debug_barrier()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config heuristic (deterministic table; no autotune: it fails under the interpreter).
+
+def _block_d(d, dtype):
+    """Chunk of d per dot: the largest of 64/32/16 that divides d (fp32: at most 32), so only d's that
+    are not multiples of 16 have a masked tail chunk."""
+    top = 32 if dtype == torch.float32 else 64
+    for bd in (64, 32, 16):
+        if bd <= top and d % bd == 0:
+            return bd
+    return 16
+
+
+def _config(kind, dtype, d):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for kernel ``kind`` ("fwd" or "bwd")."""
+    bd = _block_d(d, dtype)
+    if dtype == torch.float32:
+        return (64, 64, bd, 4, 2)
+    if kind == "fwd":
+        return (128, 64, bd, 8, 3)
+    return (64, 64, bd, 4, 2)
+
+
+def _splits(n_row_blocks, n_col_tiles):
+    """(n_splits, tiles_per_split): split the columns only when there are too few row blocks to fill
+    the GPU; no split is empty."""
+    want = max(1, min(n_col_tiles, -(-_TARGET_PROGRAMS // n_row_blocks)))
+    tiles_per_split = -(-n_col_tiles // want)
+    return -(-n_col_tiles // tiles_per_split), tiles_per_split
+
+
+def _input_precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _check_features(a, b):
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D tensor (rows, d), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same feature size d, got {a.shape[1]} and {b.shape[1]}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on the same device, got {a.device} and {b.device}")
+    return (a if a.stride(1) == 1 else a.contiguous()), (b if b.stride(1) == 1 else b.contiguous())
+
+
+def _check_vector(name, t, n, device):
+    if not isinstance(t, torch.Tensor) or t.shape != (n,):
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected shape ({n},), got {got}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected device {device}, got {t.device}")
+    return t.to(torch.float32).contiguous()
+
+
+def _check_scale(scale, device):
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        raise ValueError("scale: expected a 1-element tensor (exp(logit_scale)), got "
+                         f"{tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__}")
+    if scale.device != device:
+        raise ValueError(f"scale: expected device {device}, got {scale.device}")
+    return scale.detach().reshape(1).to(torch.float32).contiguous()
+
+
+def _merge_lse(part_max, part_sum):
+    """Fixed-order merge of (K, L) base-2 partials into an (L,) natural-log LSE."""
+    k, length = part_max.shape
+    out = torch.empty(length, device=part_max.device, dtype=torch.float32)
+    _contrastive_loss_lse_kernel[(triton.cdiv(length, _LSE_BLOCK),)](
+        part_max, part_sum, out, k, length, BLOCK=_LSE_BLOCK, num_warps=4)
+    return out
+
+
+def contrastive_loss_fwd(a, b, scale):
+    """Row and column log-sum-exp of S = scale · a · bᵀ over this block, each S tile computed once.
+
+    Args:
+        a: (M, d) features (rows of S), float32/float16/bfloat16; any row stride.
+        b: (N, d) features (columns of S), same dtype and device as ``a``.
+        scale: 1-element tensor, s = exp(logit_scale); read on the device (no host sync).
+    Returns:
+        (lse_row, lse_col): (M,) and (N,) float32; lse_row_i = log Σ_j exp(S_ij) over the N columns,
+        lse_col_j = log Σ_i exp(S_ij) over the M rows. Bitwise deterministic.
+    """
+    a, b = _check_features(a, b)
+    scale = _check_scale(scale, a.device)
+    (m, d), n = a.shape, b.shape[0]
+    dev = a.device
+    if m == 0 or n == 0:
+        return (torch.full((m,), float("-inf"), device=dev), torch.full((n,), float("-inf"), device=dev))
+    bm, bn, bd, warps, stages = _config("fwd", a.dtype, d)
+    n_row_blocks = triton.cdiv(m, bm)
+    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
+    row_max = torch.empty(n_splits, m, device=dev, dtype=torch.float32)
+    row_sum = torch.empty_like(row_max)
+    col_max = torch.empty(n_row_blocks, n, device=dev, dtype=torch.float32)
+    col_sum = torch.empty_like(col_max)
+    _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
+        a, b, scale, row_max, row_sum, col_max, col_sum, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, UPCAST=dev.type != "cuda",
+        INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
+    return _merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum)
+
+
+def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, atomic_db):
+    """da (and db when ``atomic_db``) divided by ``norm``; db is None otherwise."""
+    (m, d), n = a.shape, b.shape[0]
+    bm, bn, bd, warps, stages = _config("bwd", a.dtype, d)
+    n_row_blocks = triton.cdiv(m, bm)
+    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
+    da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
+    db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
+    _contrastive_loss_bwd_kernel[(n_row_blocks, n_splits)](
+        a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, da, db,
+        m, n, d, a.stride(0), b.stride(0), tiles_per_split,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ATOMIC_DB=atomic_db, UPCAST=a.device.type != "cuda",
+        INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
+    da = da[0] if n_splits == 1 else da.sum(0)
+    return da, (db if atomic_db else None)
+
+
+def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, deterministic=None):
+    """Gradients of Σ_i coef_row_i·lse_row_i + Σ_j coef_col_j·lse_col_j w.r.t. a and b (scale fixed).
+
+    With P_ij = coef_row_i·exp(S_ij − lse_row_i) + coef_col_j·exp(S_ij − lse_col_j) and S = scale·a·bᵀ:
+    da = scale · P · b, db = scale · Pᵀ · a. Each S tile is recomputed once per launch.
+
+    Args:
+        a: (M, d), b: (N, d) features as in ``contrastive_loss_fwd``.
+        scale: 1-element tensor, s = exp(logit_scale).
+        lse_row: (M,) GLOBAL row LSEs of these rows; lse_col: (N,) GLOBAL column LSEs of these columns.
+        coef_row: (M,), coef_col: (N,) weights (grad_out · 0.5 / N_global for the plain CLIP loss).
+        deterministic: True → bitwise reproducible db (a second launch: 4 backward matmuls);
+            False → db by fp32 atomics (3 backward matmuls, last-bit run-to-run differences in db);
+            None → ``torch.are_deterministic_algorithms_enabled()``.
+    Returns:
+        (da, db): (M, d) and (N, d) float32.
+    """
+    a, b = _check_features(a, b)
+    dev = a.device
+    scale = _check_scale(scale, dev)
+    (m, d), n = a.shape, b.shape[0]
+    lse_row, coef_row = (_check_vector(k, t, m, dev) for k, t in (("lse_row", lse_row), ("coef_row", coef_row)))
+    lse_col, coef_col = (_check_vector(k, t, n, dev) for k, t in (("lse_col", lse_col), ("coef_col", coef_col)))
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    if m == 0 or n == 0:
+        return torch.zeros(m, d, device=dev), torch.zeros(n, d, device=dev)
+    norm = torch.maximum(coef_row.abs().max(), coef_col.abs().max())
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(1)
+    da, db = _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, atomic_db=not deterministic)
+    if deterministic:
+        db, _ = _bwd_launch(b, a, scale, norm, lse_col, lse_row, coef_col, coef_row, atomic_db=False)
+    return da.mul_(norm), db.mul_(norm)
+
+
+def aot_specs():
+    """Every config the launchers can choose, for fp32/fp16/bf16 and each BLOCK_D class of d."""
+    specs = []
+    for dtype, ty in _DTYPES.items():
+        prec = _input_precision(dtype)
+        for d in (64, 32, 16):  # representatives of the BLOCK_D classes 64 / 32 / 16
+            bd = _block_d(d, dtype)
+            if dtype == torch.float32 and d == 64:
+                continue  # same BLOCK_D (32) as d = 32
+            bm, bn, _, warps, stages = _config("fwd", dtype, d)
+            specs.append(AotSpec(
+                _contrastive_loss_fwd_kernel,
+                {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "row_max_ptr": "*fp32",
+                 "row_sum_ptr": "*fp32", "col_max_ptr": "*fp32", "col_sum_ptr": "*fp32", "M": "i32", "N": "i32",
+                 "D": "i32", "stride_am": "i32", "stride_bn": "i32", "tiles_per_split": "i32"},
+                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "UPCAST": False, "INPUT_PRECISION": prec},
+                warps, stages, f"{ty} {bm}x{bn}x{bd}"))
+            bm, bn, _, warps, stages = _config("bwd", dtype, d)
+            for atomic in (True, False):
+                specs.append(AotSpec(
+                    _contrastive_loss_bwd_kernel,
+                    {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "norm_ptr": "*fp32",
+                     "lse_row_ptr": "*fp32", "lse_col_ptr": "*fp32", "coef_row_ptr": "*fp32",
+                     "coef_col_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32", "M": "i32", "N": "i32",
+                     "D": "i32", "stride_am": "i32", "stride_bn": "i32", "tiles_per_split": "i32"},
+                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "ATOMIC_DB": atomic, "UPCAST": False,
+                     "INPUT_PRECISION": prec},
+                    warps, stages, f"{ty} {bm}x{bn}x{bd} {'atomic' if atomic else 'det'}"))
+    specs.append(AotSpec(
+        _contrastive_loss_lse_kernel,
+        {"max_ptr": "*fp32", "sum_ptr": "*fp32", "out_ptr": "*fp32", "K": "i32", "L": "i32"},
+        {"BLOCK": _LSE_BLOCK}, 4, 1, f"block {_LSE_BLOCK}"))
+    return specs

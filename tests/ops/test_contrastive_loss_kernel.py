@@ -1,0 +1,229 @@
+"""Launcher-level tests of kernels/contrastive_loss.py (CPU tensors run through the Triton interpreter).
+
+Oracle: the full S = scale·a·bᵀ in float64 from the same (already rounded) inputs. The LSEs are fp32
+results of exact inputs with fp32 accumulation, so they are held to the fp32 tolerance in every input
+dtype; gradients to the input dtype's tolerance (on a GPU P is rounded to it) and to the
+flash-attention rule against PyTorch in the input dtype.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipfast.kernels import contrastive_loss as K
+from tests.numerics import assert_close, assert_matches_reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (M, N, d): 1×1, masked tails on both axes, M ≠ N both ways, CLIP text length 77, d = 64/80/96
+# (BLOCK_D 64 / 16 / 32 classes).
+SHAPES = [(1, 1, 64), (7, 33, 80), (33, 7, 96), (65, 70, 64), (50, 77, 80)]
+
+
+def _features(n, d, dtype, device="cpu"):
+    return F.normalize(torch.randn(n, d, device=device, dtype=torch.float64), dim=-1).to(dtype)
+
+
+def _lse_ref(a, b, scale, dtype=torch.float64):
+    s = scale.to(dtype) * a.to(dtype) @ b.to(dtype).T
+    return s.logsumexp(1), s.logsumexp(0)
+
+
+def _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, dtype=torch.float64):
+    """da, db of Σ coef_row·lse_row + Σ coef_col·lse_col with the given (global) LSEs held fixed."""
+    a_, b_ = a.to(dtype), b.to(dtype)
+    s = scale.to(dtype) * a_ @ b_.T
+    p = (coef_row.to(dtype)[:, None] * torch.exp(s - lse_row.to(dtype)[:, None])
+         + coef_col.to(dtype)[None, :] * torch.exp(s - lse_col.to(dtype)[None, :]))
+    return scale.to(dtype) * p @ b_, scale.to(dtype) * p.T @ a_
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,d", SHAPES)
+def test_fwd_matches_fp64(m, n, d, dtype):
+    a, b = _features(m, d, dtype), _features(n, d, dtype)
+    scale = torch.tensor(100.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    assert lse_row.dtype == lse_col.dtype == torch.float32
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,d", SHAPES[1:4])
+def test_bwd_matches_fp64(m, n, d, dtype, deterministic):
+    a, b = _features(m, d, dtype), _features(n, d, dtype)
+    scale = torch.tensor(30.0)
+    lse_row, lse_col = _lse_ref(a, b, scale)
+    lse_row, lse_col = lse_row.float() + 0.25, lse_col.float() - 0.5  # "global" LSEs differ from local
+    coef_row, coef_col = torch.randn(m) / m, torch.rand(n) / n  # signed and unequal coefficients
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=deterministic)
+    assert da.dtype == db.dtype == torch.float32
+    exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col)
+    torch_fp = torch.float32 if dtype == torch.float32 else dtype
+    same = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, dtype=torch_fp)
+    for name, out, ref, ref_same in (("da", da, exact[0], same[0]), ("db", db, exact[1], same[1])):
+        assert_close(out, ref, dtype=dtype, name=name)
+        assert_matches_reference(out.to(dtype), ref_same, ref, name=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_end_to_end_clip_loss_and_grads(dtype):
+    """Loss from the LSEs + diagonal, and grads from bwd with coef = 0.5/N, equal CLIP's loss in fp64."""
+    n, d = 37, 64
+    a, b = _features(n, d, dtype), _features(n, d, dtype)
+    scale = torch.tensor(100.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    diag = scale.double() * (a.double() * b.double()).sum(-1)
+    loss = 0.5 * ((lse_row.double() - diag).mean() + (lse_col.double() - diag).mean())
+
+    a64, b64 = a.double().requires_grad_(), b.double().requires_grad_()
+    logits = scale.double() * a64 @ b64.T
+    labels = torch.arange(n)
+    ref = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    ref.backward()
+    assert_close(loss, ref.detach(), dtype=torch.float32, name="loss")
+
+    coef = torch.full((n,), 0.5 / n)
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
+    # The ops layer adds the diagonal's gradient: −scale·b/N for a, −scale·a/N for b.
+    da = da - scale * b.float() / n
+    db = db - scale * a.float() / n
+    assert_close(da, a64.grad, dtype=dtype, name="da")
+    assert_close(db, b64.grad, dtype=dtype, name="db")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["matched", "antialigned", "random"])
+def test_scale_100_half_precision_is_finite_and_accurate(dtype, case):
+    """logit_scale = ln 100: identical pairs (S_ii = 100), all S = −100, and random features."""
+    n, d = 40, 64
+    a = _features(n, d, dtype)
+    b = {"matched": a, "antialigned": None, "random": _features(n, d, dtype)}[case]
+    if case == "antialigned":
+        a = _features(1, d, dtype).expand(n, d)
+        b = -a
+    scale = torch.tensor(100.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    assert torch.isfinite(lse_row).all() and torch.isfinite(lse_col).all()
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+    coef = torch.full((n,), 0.5 / n)
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
+    assert torch.isfinite(da).all() and torch.isfinite(db).all()
+    exact = _grads_ref(a, b, scale, ref_row, ref_col, coef, coef)
+    assert_close(da, exact[0], dtype=dtype, name="da")
+    assert_close(db, exact[1], dtype=dtype, name="db")
+
+
+def test_non_contiguous_inputs():
+    m, n, d = 19, 23, 80
+    big_a = torch.randn(m, 2 * d)
+    a = big_a[:, ::2]  # stride along d = 2 → made contiguous
+    b = torch.randn(d + 16, n)[:d].T  # (n, d) transposed view, stride along d = n
+    rows = torch.randn(m, d + 48)[:, 8 : 8 + d]  # row stride d + 48, unit stride along d → used as is
+    scale = torch.tensor(1.0).reshape(1, 1)  # |S| up to ~40 with these unnormalised features
+    for x in (a, rows):
+        lse_row, lse_col = K.contrastive_loss_fwd(x, b, scale)
+        ref_row, ref_col = _lse_ref(x, b, scale)
+        assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+        assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+        coef_row, coef_col = torch.rand(m), torch.rand(2 * n)[::2]
+        ref_row, ref_col = ref_row.float(), ref_col.float()
+        da, db = K.contrastive_loss_bwd(x, b, scale, ref_row, ref_col, coef_row, coef_col)
+        exact = _grads_ref(x, b, scale, ref_row, ref_col, coef_row, coef_col)
+        assert_close(da, exact[0], dtype=torch.float32, name="da")
+        assert_close(db, exact[1], dtype=torch.float32, name="db")
+
+
+@pytest.mark.parametrize("target", [1, 10**6])
+def test_column_splits(monkeypatch, target):
+    """One column split per row block, and one column tile per program, give the same results."""
+    monkeypatch.setattr(K, "_TARGET_PROGRAMS", target)
+    m, n, d = 20, 150, 32  # 3 column tiles of 64
+    assert K._splits(1, 3) == ((1, 3) if target == 1 else (3, 1))
+    a, b = _features(m, d, torch.float32), _features(n, d, torch.float32)
+    scale = torch.tensor(50.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+    coef_row, coef_col = torch.rand(m) / m, torch.rand(n) / n
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col)
+    exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col)
+    assert_close(da, exact[0], dtype=torch.float32, name="da")
+    assert_close(db, exact[1], dtype=torch.float32, name="db")
+
+
+def test_splits_never_empty():
+    for n_row_blocks in (1, 2, 3, 7, 100, 600):
+        for n_col_tiles in (1, 2, 5, 64, 513):
+            splits, per = K._splits(n_row_blocks, n_col_tiles)
+            assert 1 <= splits <= n_col_tiles and (splits - 1) * per < n_col_tiles <= splits * per
+
+
+def test_deterministic_mode_is_bitwise_reproducible():
+    m, n, d = 33, 65, 64
+    a, b = _features(m, d, torch.float16), _features(n, d, torch.float16)
+    scale = torch.tensor(100.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    assert torch.equal(lse_row, K.contrastive_loss_fwd(a, b, scale)[0])
+    coef_row, coef_col = torch.rand(m), torch.rand(n)
+    first = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=True)
+    second = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=True)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    atomic = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=False)
+    assert_close(atomic[0], first[0], dtype=torch.float32, name="da")
+    assert_close(atomic[1], first[1], dtype=torch.float32, name="db")
+
+
+def test_empty_blocks():
+    a, b = torch.randn(0, 64), torch.randn(5, 64)
+    scale = torch.tensor(1.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    assert lse_row.shape == (0,) and torch.equal(lse_col, torch.full((5,), float("-inf")))
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, torch.zeros(5), torch.zeros(0), torch.ones(5))
+    assert da.shape == (0, 64) and torch.equal(db, torch.zeros(5, 64))
+
+
+def test_zero_coefficients_give_zero_grads():
+    a, b = _features(9, 64, torch.float16), _features(11, 64, torch.float16)
+    scale = torch.tensor(100.0)
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, torch.zeros(9), torch.zeros(11))
+    assert torch.equal(da, torch.zeros(9, 64)) and torch.equal(db, torch.zeros(11, 64))
+
+
+def test_bad_inputs():
+    a, b, s = torch.randn(4, 64), torch.randn(5, 64), torch.tensor(1.0)
+    with pytest.raises(TypeError, match="same dtype"):
+        K.contrastive_loss_fwd(a, b.half(), s)
+    with pytest.raises(TypeError, match="a: expected float32"):
+        K.contrastive_loss_fwd(a.double(), b.double(), s)
+    with pytest.raises(ValueError, match="feature size"):
+        K.contrastive_loss_fwd(a, torch.randn(5, 32), s)
+    with pytest.raises(ValueError, match="b: expected a 2-D"):
+        K.contrastive_loss_fwd(a, b[None], s)
+    with pytest.raises(ValueError, match="scale: expected a 1-element"):
+        K.contrastive_loss_fwd(a, b, torch.ones(2))
+    with pytest.raises(ValueError, match=r"lse_col: expected shape \(5,\)"):
+        K.contrastive_loss_bwd(a, b, s, torch.zeros(4), torch.zeros(4), torch.zeros(4), torch.zeros(5))
+    with pytest.raises(ValueError, match=r"coef_row: expected shape \(4,\)"):
+        K.contrastive_loss_bwd(a, b, s, torch.zeros(4), torch.zeros(5), torch.zeros(5), torch.zeros(5))
+
+
+def test_aot_specs_cover_every_heuristic_choice():
+    """Every config the launchers can pick for d in 1…1280 is compiled by the AOT test."""
+    listed = {(spec.kernel.__name__, spec.signature["a_ptr"] if "a_ptr" in spec.signature else None,
+               tuple(spec.constexprs.get(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")), spec.num_warps,
+               spec.num_stages) for spec in K.aot_specs()}
+    listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["ATOMIC_DB"], spec.constexprs["BLOCK_D"])
+                  for spec in K.aot_specs() if spec.kernel is K._contrastive_loss_bwd_kernel}
+    for dtype, ty in K._DTYPES.items():
+        for d in range(1, 1281):
+            for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
+                bm, bn, bd, warps, stages = K._config(kind, dtype, d)
+                assert (kernel.__name__, f"*{ty}", (bm, bn, bd), warps, stages) in listed, (kind, dtype, d)
+            for atomic in (True, False):
+                assert (f"*{ty}", atomic, K._block_d(d, dtype)) in listed_bwd
