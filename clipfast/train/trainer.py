@@ -1,0 +1,353 @@
+"""The training loop: OpenCLIP's step contract, exact gradient accumulation, resumable state.
+
+One optimizer step on ``K = accum_freq`` micro-batches (each ``(images, texts)``, B rows):
+
+    K == 1:  loss(**model(images, texts)) -> backward
+    K  > 1:  1. under no_grad, features f_1..f_K of every micro-batch (cached negatives)
+             2. for j in 1..K: recompute f_j with grad; L_j = loss(f_1..f_j..f_K) on all K*B rows;
+                backward. Only f_j carries grad in pass j, so sum_j dL_j = dL(full batch) for the
+                towers; logit_scale/logit_bias get 1/K of their gradient per pass (same value), so
+                the sum is exactly the full-batch gradient (OpenCLIP gives them K times it).
+                Under DDP/FSDP the first K-1 backward passes skip the gradient all-reduce.
+    then: (GradScaler unscale) -> clip_grad_norm_ -> optimizer.step -> logit_scale.clamp_(0, ln 100).
+
+The lr is set per step by a warmup+cosine schedule (``clipfast.train.schedule``). State saved in
+checkpoints (``clipfast.train.checkpointing``): model, optimizer, scaler, step, epoch, micro-batches
+consumed in the epoch, RNG states; the schedule is a function of the step. Resuming replays the
+data loader from the same position, so the losses after resuming equal the uninterrupted run's.
+"""
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from clipfast.train import checkpointing as ckpt
+from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
+from clipfast.train.params import param_groups
+from clipfast.train.schedule import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+LOGIT_SCALE_MAX = math.log(100)
+PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
+
+
+def autocast(precision: str, device_type: str):
+    """Autocast context for ``precision``: fp16 for ``amp``, bf16 for ``amp_bf16``, else none."""
+    if precision == "amp":
+        return torch.autocast(device_type, dtype=torch.float16)
+    if precision in ("amp_bf16", "amp_bfloat16"):
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def input_dtype(precision: str) -> Optional[torch.dtype]:
+    """Images are cast to this dtype (None: left as they come) — OpenCLIP's ``get_input_dtype``."""
+    return {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}.get(precision)
+
+
+def _grad_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` in value, ``factor * dx`` in gradient."""
+    d = x.detach()
+    return d + (x - d) * factor
+
+
+@contextlib.contextmanager
+def _no_grad_sync(model, skip: bool):
+    """Skip the data-parallel gradient reduction of the backward passes inside (DDP and FSDP2)."""
+    if not skip:
+        yield
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+@dataclasses.dataclass
+class TrainData:
+    """What the loop needs from the data side.
+
+    Attributes:
+        make_loader: ``(epoch, skip_batches) -> iterable of (images, texts)`` micro-batches of this
+            rank, deterministic in (seed, epoch), starting after ``skip_batches`` micro-batches.
+        num_batches: micro-batches per epoch on each rank.
+        batch_size: rows per micro-batch on each rank.
+    """
+    make_loader: Callable[[int, int], Iterable]
+    num_batches: int
+    batch_size: int
+
+
+class Trainer:
+    """Trains ``model`` with ``loss_fn`` on ``data``; rank 0 logs, writes metrics and checkpoints.
+
+    Args:
+        args: namespace with the CLI's fields (see ``clipfast.train.cli``).
+        model: the (already data-parallel wrapped, if any) module; its unwrapped form has
+            ``logit_scale`` and returns a dict (``output_dict=True``).
+        loss_fn: ``loss_fn(image_features, text_features, logit_scale, [logit_bias], output_dict=True)``.
+        data: :class:`TrainData`.
+        info: rank/world/device.
+        evaluate: optional ``evaluate(unwrapped_model, epoch) -> dict[str, float]`` run on rank 0.
+        run_dir: ``{logs}/{name}``; None writes nothing (tests).
+    """
+
+    def __init__(self, args, model, loss_fn, data: TrainData, *, info: Optional[DistInfo] = None,
+                 evaluate: Optional[Callable] = None, run_dir=None):
+        self.args, self.model, self.loss_fn, self.data = args, model, loss_fn, data
+        self.info = info or DistInfo()
+        self.device = self.info.device
+        self.evaluate_fn = evaluate
+        self.run_dir = Path(run_dir) if run_dir is not None and self.info.is_master else None
+        self.ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+        self.accum = args.accum_freq
+        if self.accum < 1:
+            raise ValueError(f"accum_freq must be >= 1, got {self.accum}")
+        self.steps_per_epoch = data.num_batches // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"an epoch has {data.num_batches} micro-batches, fewer than accum_freq={self.accum}: "
+                             "lower --batch-size or --accum-freq, or use more data")
+        self.total_steps = self.steps_per_epoch * args.epochs
+        base = unwrap_model(model)
+        self.optimizer = torch.optim.AdamW(param_groups(base, args.wd, getattr(args, "wd_exclude_embeddings", False)),
+                                           lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+        self.scheduler = WarmupCosine(self.optimizer, args.lr, args.warmup, self.total_steps, getattr(args, "lr_scheduler", "cosine"))
+        self.scaler = torch.amp.GradScaler(self.device.type) if args.precision == "amp" else None
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.metrics: dict = {}
+        self._stop = ckpt.StopSignal()
+        self._callbacks: list = []
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    def train_step(self, micro_batches: list) -> dict:
+        """One optimizer step on ``accum_freq`` micro-batches; returns detached loss terms.
+
+        Shapes: each micro-batch is (images (B, 3, H, W), texts (B, L) int64).
+        Returns: ``{"loss": total, <loss terms>..., "logit_scale": scalar}`` as 0-d tensors.
+        """
+        args, model, dev = self.args, self.model, self.device
+        in_dtype = input_dtype(args.precision)
+        batches = [(im.to(dev, dtype=in_dtype, non_blocking=True), tx.to(dev, non_blocking=True)) for im, tx in micro_batches]
+        k = len(batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        cached = {}
+        if k > 1:
+            with torch.no_grad(), autocast(args.precision, dev.type):
+                for im, tx in batches:
+                    for key, val in model(im, tx).items():
+                        if key not in ("logit_scale", "logit_bias"):
+                            cached.setdefault(key, []).append(val)
+        for j, (im, tx) in enumerate(batches):
+            with _no_grad_sync(model, skip=j < k - 1), autocast(args.precision, dev.type):
+                out = model(im, tx)
+                if k > 1:
+                    inputs = {key: torch.cat(v[:j] + [out[key]] + v[j + 1:]) for key, v in cached.items()}
+                    for key in ("logit_scale", "logit_bias"):
+                        if key in out:
+                            inputs[key] = _grad_scaled(out[key], 1.0 / k)
+                    out = inputs
+                losses = self.loss_fn(**out, output_dict=True)
+                total = sum(losses.values())
+                (self.scaler.scale(total) if self.scaler is not None else total).backward()
+        if self.scaler is not None and args.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+        if args.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        base = unwrap_model(model)
+        with torch.no_grad():
+            base.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        stats = {name: v.detach() for name, v in losses.items()}
+        stats["loss"] = total.detach()
+        scale = base.logit_scale.detach()
+        scale = scale.full_tensor() if hasattr(scale, "full_tensor") else scale  # FSDP2 DTensor
+        stats["logit_scale"] = scale.float().exp().reshape(-1)[0]
+        return stats
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        from clipfast.train.distributed import full_state_dicts
+        model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
+        return {
+            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+            "name": getattr(self.args, "name", None), "args": ckpt.plain_args(self.args),
+            "state_dict": model_sd, "optimizer": optim_sd,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": ckpt.rng_state(), "metrics": dict(self.metrics),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from clipfast.train.distributed import load_full_state_dicts
+        load_full_state_dicts(self.model, self.optimizer, state["state_dict"], state.get("optimizer"))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        self.metrics = dict(state.get("metrics") or {})
+        if state.get("rng") is not None:
+            ckpt.set_rng_state(state["rng"])
+
+    def resume(self, path) -> None:
+        """Restore everything from a checkpoint file written by :meth:`save`."""
+        self.load_state_dict(ckpt.load_checkpoint(path, map_location="cpu"))
+        log.info("resumed from %s at epoch %d, step %d (%d micro-batches into the epoch)", path, self.epoch, self.step, self.batch_in_epoch)
+        if self.run_dir is not None:
+            _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+
+    def save(self, epoch_file: bool = False) -> Optional[Path]:
+        """Write ``latest.pt`` (and ``epoch_K.pt`` when ``epoch_file``); rank 0 writes, all ranks take part."""
+        if self.ckpt_dir is None:
+            return None
+        state = self.state_dict()  # collective under FSDP
+        path = None
+        if self.info.is_master:
+            path = ckpt.atomic_save(state, self.ckpt_dir / "latest.pt")
+            if epoch_file:
+                path = ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch}.pt")
+                ckpt.keep_last_k(self.ckpt_dir, getattr(self.args, "keep_last", 0))
+            log.info("saved checkpoint %s (step %d)", path, self.step)
+        barrier()
+        return path
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def add_callback(self, fn: Callable) -> None:
+        """``fn(trainer, stats)`` after every optimizer step (tests use it to stop early)."""
+        self._callbacks.append(fn)
+
+    def request_stop(self) -> None:
+        """Save and leave the loop after the current step, as SIGTERM does."""
+        self._stop.signum = self._stop.signum or -1
+
+    def fit(self) -> dict:
+        """Train from the current state to ``args.epochs``; returns the summary dict.
+
+        ``summary["interrupted"]`` is the signal number (or -1 for :meth:`request_stop`) when the
+        run stopped early after saving ``latest.pt``, else None.
+        """
+        t0 = time.time()
+        start_step = self.step
+        with self._stop:
+            interrupted = None
+            while self.epoch < self.args.epochs:
+                if self._train_epoch():
+                    interrupted = self._stop.signum
+                    self.save()
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                freq = getattr(self.args, "zeroshot_frequency", 0)
+                if self.evaluate_fn is not None and freq and (self.epoch % freq == 0 or self.epoch == self.args.epochs):
+                    self._evaluate()
+                save_freq = getattr(self.args, "save_frequency", 1)
+                if save_freq and (self.epoch % save_freq == 0 or self.epoch == self.args.epochs):
+                    self.save(epoch_file=True)
+        wall = time.time() - t0
+        steps = self.step - start_step
+        summary = {
+            "steps": self.step, "epochs": self.epoch, "wall_s": round(wall, 2),
+            "samples_per_s": round(steps * self.accum * self.data.batch_size * self.info.world_size / max(wall, 1e-9), 2),
+            "interrupted": interrupted, **self.metrics,
+        }
+        if self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _evaluate(self) -> dict:
+        metrics = {}
+        if self.info.is_master:
+            base = unwrap_model(self.model)
+            was_training = base.training
+            base.eval()
+            with torch.inference_mode(), autocast(self.args.precision, self.device.type):
+                metrics = {f"val/{k}": float(v) for k, v in self.evaluate_fn(base, self.epoch).items()}
+            base.train(was_training)
+            self.metrics.update(metrics)
+            self._write_metrics({"step": self.step, "epoch": self.epoch, **metrics})
+            log.info("eval after epoch %d: %s", self.epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        barrier()
+        return metrics
+
+    def _write_metrics(self, record: dict) -> None:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _train_epoch(self) -> bool:
+        """Steps until the epoch ends (False) or a stop is requested and agreed by all ranks (True)."""
+        from tqdm.auto import tqdm
+
+        args, k = self.args, self.accum
+        every = max(getattr(args, "log_every_n_steps", 10), 1)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"epoch {self.epoch}", unit="step",
+                   disable=not self.info.is_master or getattr(args, "no_progress", False) or None, dynamic_ncols=True)
+        loader = self.data.make_loader(self.epoch, self.batch_in_epoch)
+        micro, tick = [], time.time()
+        try:
+            for batch in loader:
+                if self.batch_in_epoch + len(micro) >= self.steps_per_epoch * k:
+                    break
+                micro.append(batch)
+                if len(micro) < k:
+                    continue
+                self.scheduler(self.step)
+                stats = self.train_step(micro)
+                micro = []
+                self.step += 1
+                self.batch_in_epoch += k
+                bar.update(1)
+                if self.step % every == 0 or self.batch_in_epoch >= self.steps_per_epoch * k:
+                    tock = time.time()
+                    sps = every * k * self.data.batch_size * self.info.world_size / max(tock - tick, 1e-9)
+                    tick = tock
+                    self._log_step(stats, sps, bar)
+                for fn in self._callbacks:
+                    fn(self, stats)
+                n = getattr(args, "save_every_n_steps", 0)
+                if n and self.step % n == 0:
+                    self.save()
+                if any_rank(self._stop.requested, self.device):
+                    self._stop.signum = self._stop.signum or -1
+                    return True
+        finally:
+            bar.close()
+        return False
+
+    def _log_step(self, stats: dict, samples_per_s: float, bar) -> None:
+        values = {name: all_reduce_mean(v).item() for name, v in stats.items()}
+        lr = self.optimizer.param_groups[-1]["lr"]
+        record = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / (self.steps_per_epoch * self.accum),
+                  "train/lr": lr, "train/samples_per_second": samples_per_s,
+                  **{f"train/{name}": v for name, v in values.items()}}
+        self.metrics["train/loss"] = values["loss"]
+        if not self.info.is_master:
+            return
+        self._write_metrics(record)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.0f}")
+        log.info("epoch %d step %d/%d loss %.4f lr %.3e scale %.2f %.1f samples/s", self.epoch, self.step,
+                 self.total_steps, values["loss"], lr, values["logit_scale"], samples_per_s)
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop records logged after ``max_step`` (written before a crash, replayed after resume)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
+    path.write_text("".join(line + "\n" for line in keep))
