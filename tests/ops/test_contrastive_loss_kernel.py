@@ -227,3 +227,26 @@ def test_aot_specs_cover_every_heuristic_choice():
                 assert (kernel.__name__, f"*{ty}", (bm, bn, bd), warps, stages) in listed, (kind, dtype, d)
             for atomic in (True, False):
                 assert (f"*{ty}", atomic, K._block_d(d, dtype)) in listed_bwd
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,d", [(1000, 777, 512), (257, 2049, 1280), (4096, 64, 768)])
+def test_gpu_matches_fp64(m, n, d, dtype):
+    """Real tensor-core numerics (P rounded to the input dtype, fp32 atomics) at CLIP-sized blocks."""
+    a, b = _features(m, d, dtype, "cuda"), _features(n, d, dtype, "cuda")
+    scale = torch.tensor(100.0, device="cuda")
+    lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+    coef_row, coef_col = torch.full((m,), 0.5 / m, device="cuda"), torch.full((n,), 0.5 / n, device="cuda")
+    exact = _grads_ref(a, b, scale, ref_row, ref_col, coef_row, coef_col)
+    results = {det: K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=det)
+               for det in (False, True)}
+    for det, (da, db) in results.items():
+        assert_close(da, exact[0], dtype=dtype, name=f"da det={det}")
+        assert_close(db, exact[1], dtype=dtype, name=f"db det={det}")
+    again = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=True)
+    assert torch.equal(again[0], results[True][0]) and torch.equal(again[1], results[True][1])
+    assert torch.equal(K.contrastive_loss_fwd(a, b, scale)[1], lse_col)
