@@ -102,11 +102,27 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, mode: str = "ddp", static
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=static_graph)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    _scalars_to_1d(model)
     mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
     for m in shard_modules(model):
         fully_shard(m, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
+
+
+_SCALARS_ATTR = "_clipfast_fsdp_scalars"
+
+
+def _scalars_to_1d(model: torch.nn.Module) -> None:
+    """fully_shard rejects 0-d parameters: make ``logit_scale`` & co. shape (1,) (values unchanged);
+    :func:`full_state_dicts` gives them back as 0-d so checkpoints keep OpenCLIP's shapes."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        for p_name, p in list(mod._parameters.items()):
+            if p is not None and p.ndim == 0:
+                mod._parameters[p_name] = torch.nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
+                names.append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    setattr(model, _SCALARS_ATTR, names)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -157,7 +173,11 @@ def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
         return base.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(base, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_sd, optim_sd = get_state_dict(base, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for name in getattr(base, _SCALARS_ATTR, []):
+        if name in model_sd:
+            model_sd[name] = model_sd[name].reshape(())
+    return model_sd, optim_sd
 
 
 def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd) -> None:
@@ -170,5 +190,9 @@ def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimiz
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    model_sd = dict(model_sd)
+    for name in getattr(base, _SCALARS_ATTR, []):
+        if name in model_sd:
+            model_sd[name] = model_sd[name].reshape(1)
     set_state_dict(base, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd or {},
                    options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,192 @@
+"""``clipfast train`` / ``clipfast eval``: the command line (flags mirror open_clip_train's names).
+
+    clipfast train --model demo-vit --dataset-type shapes --epochs 10 --batch-size 128
+    torchrun --nproc-per-node 8 -m clipfast.train --model ViT-B-32 --dataset-type webdataset \\
+        --train-data '/data/{00000..01023}.tar' --train-num-samples 10000000 --precision amp_bf16
+    clipfast train --config run.yaml --lr 1e-3        # flags after the file override it
+    clipfast eval --model demo-vit --pretrained logs/demo/checkpoints/latest.pt
+
+``--config`` takes a .json or .yaml mapping whose keys are flag names (``batch-size`` or
+``batch_size``); explicit flags win over the file.
+"""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("clipfast.train")
+
+PRECISIONS = ("auto", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
+DATASET_TYPES = ("shapes", "synthetic", "csv", "webdataset", "auto")
+
+
+class CliError(Exception):
+    """A usage error reported as ``clipfast: error: ...`` with exit status 2, before any work."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="demo-vit", help="model config name (see --list-models); default: %(default)s")
+    g.add_argument("--pretrained", default=None, help="checkpoint file (clipfast or OpenCLIP state dict) to start from")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="amp: fp16 autocast + GradScaler; amp_bf16: bf16 autocast; fp16/bf16: low-precision weights with "
+                        "fp32 LayerNorm; pure_fp16/pure_bf16: whole model cast; fp32. auto: amp_bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--force-context-length", type=int, default=None, help="override the text tower's context length")
+    g.add_argument("--force-image-size", type=int, default=None, help="override the vision tower's image size")
+    g.add_argument("--force-quick-gelu", action="store_true", help="use QuickGELU (OpenAI weights)")
+    g.add_argument("--list-models", action="store_true", help="print the model config names and exit")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset-type", choices=DATASET_TYPES, default="shapes",
+                   help="shapes: built-in colour x shape captions (no files); synthetic: random tensors; csv; webdataset")
+    g.add_argument("--train-data", default=None, help="csv file or webdataset shards (brace notation) for training")
+    g.add_argument("--val-data", default=None, help="csv file or webdataset shards for validation")
+    g.add_argument("--train-num-samples", type=int, default=None, help="samples per epoch (required for webdataset)")
+    g.add_argument("--val-num-samples", type=int, default=None, help="validation samples (webdataset)")
+    g.add_argument("--csv-separator", default="\t", help="csv column separator; default: tab")
+    g.add_argument("--csv-img-key", default="filepath", help="csv column with image paths; default: %(default)s")
+    g.add_argument("--csv-caption-key", default="title", help="csv column with captions; default: %(default)s")
+    g.add_argument("--workers", type=int, default=1, help="data loader worker processes per rank; default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=64, help="micro-batch size per process; default: %(default)s")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda; default: %(default)s")
+    g.add_argument("--seed", type=int, default=0, help="seeds model init, data order and RNGs; default: %(default)s")
+    g.add_argument("--logs", default="./logs", help="root folder of runs: {logs}/{name}/...; default: %(default)s")
+    g.add_argument("--name", default=None, help="run name; default: model-date-time")
+    g.add_argument("--log-level", default="INFO", help="logging level; default: %(default)s")
+    g.add_argument("--config", default=None, help="a .json or .yaml file of flag values (keys = flag names); flags override it")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=10, help="epochs to train; default: %(default)s")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate; default: %(default)s")
+    g.add_argument("--wd", type=float, default=0.2, help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
+    g.add_argument("--wd-exclude-embeddings", action="store_true", help="also no weight decay on 2-D embeddings")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1; default: %(default)s")
+    g.add_argument("--beta2", type=float, default=0.98, help="AdamW beta2; default: %(default)s")
+    g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon; default: %(default)s")
+    g.add_argument("--warmup", type=int, default=100, help="linear warmup steps; default: %(default)s")
+    g.add_argument("--lr-scheduler", choices=("cosine", "const"), default="cosine", help="after warmup; default: %(default)s")
+    g.add_argument("--accum-freq", type=int, default=1,
+                   help="micro-batches per optimizer step, with cached features as negatives (exact for the contrastive loss)")
+    g.add_argument("--grad-clip-norm", type=float, default=None, help="clip the global gradient norm to this")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in backward")
+    g.add_argument("--torchcompile", action="store_true", help="torch.compile the (wrapped) model")
+    g = p.add_argument_group("loss and distributed (run under torchrun)")
+    g.add_argument("--local-loss", action="store_true", help="local x global logits per rank instead of global x global")
+    g.add_argument("--gather-with-grad", action="store_true", help="all-gather features with gradient")
+    g.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block instead of DDP")
+    g.add_argument("--ddp-static-graph", action="store_true", help="DDP static_graph=True")
+    g = p.add_argument_group("evaluation, checkpoints, logging")
+    g.add_argument("--zeroshot-frequency", type=int, default=1, help="zero-shot eval every N epochs (0: never); default: %(default)s")
+    g.add_argument("--save-frequency", type=int, default=1, help="epoch_K.pt every N epochs (0: never); default: %(default)s")
+    g.add_argument("--save-every-n-steps", type=int, default=0, help="also save latest.pt every N steps (0: never)")
+    g.add_argument("--keep-last", type=int, default=0, help="keep only the newest K epoch_*.pt (0: all)")
+    g.add_argument("--resume", default=None, help="checkpoint file to resume from, or 'latest' ({logs}/{name}/checkpoints/latest.pt)")
+    g.add_argument("--log-every-n-steps", type=int, default=10, help="metrics line every N steps; default: %(default)s")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipfast", description="Train and evaluate CLIP models with clipfast's fused kernels.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval}", required=True)
+    train = sub.add_parser("train", help="train a CLIP (python -m clipfast.train is the same)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    _add_common(train)
+    _add_train(train)
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (zero-shot on the dataset's classes)")
+    _add_common(ev)
+    return parser
+
+
+def _load_config(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"--config: file {path!r} does not exist")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        cfg = yaml.safe_load(text)
+    elif p.suffix.lower() == ".json":
+        cfg = json.loads(text)
+    else:
+        raise CliError(f"--config: expected a .json, .yaml or .yml file, got {path!r}")
+    if not isinstance(cfg, dict):
+        raise CliError(f"--config: {path!r} must hold a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in cfg.items()}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``), applying ``--config`` under the explicit flags."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.config:
+        sub = parser._subparsers._group_actions[0].choices[args.command]
+        cfg = _load_config(args.config)
+        known = {a.dest for a in sub._actions}
+        unknown = sorted(set(cfg) - known - {"config"})
+        if unknown:
+            sub.error(f"--config {args.config}: unknown keys {unknown}")
+        sub.set_defaults(**{k: v for k, v in cfg.items() if k != "config"})
+        args = parser.parse_args(argv)
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Usage errors that must surface before any model is built or data is read."""
+    import clipfast
+
+    models = clipfast.list_models()
+    if args.model not in models and not Path(args.model).is_file():
+        raise CliError(f"--model: unknown model {args.model!r}; choose one of: {', '.join(models)}")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise CliError(f"--pretrained: checkpoint {args.pretrained!r} does not exist")
+    for flag in ("train_data", "val_data"):
+        value = getattr(args, flag)
+        if value and args.dataset_type in ("csv", "auto") and not Path(value).exists():
+            raise CliError(f"--{flag.replace('_', '-')}: {value!r} does not exist")
+        if value and args.dataset_type == "webdataset":
+            from clipfast.train.data import expand_shards
+
+            missing = [s for s in expand_shards(value) if "://" not in s and not Path(s).exists()]
+            if missing:
+                raise CliError(f"--{flag.replace('_', '-')}: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
+    if args.command == "train":
+        if args.dataset_type in ("csv", "webdataset") and not args.train_data:
+            raise CliError(f"--train-data is required with --dataset-type {args.dataset_type}")
+        if args.dataset_type == "webdataset" and not args.train_num_samples:
+            raise CliError("--train-num-samples is required with --dataset-type webdataset")
+        for flag in ("batch_size", "epochs", "accum_freq"):
+            if getattr(args, flag) < 1:
+                raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        if args.warmup < 0:
+            raise CliError(f"--warmup must be >= 0, got {args.warmup}")
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``clipfast`` console script; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.list_models:
+        import clipfast
+
+        print("\n".join(clipfast.list_models()))
+        return 0
+    try:
+        validate(args)
+    except CliError as e:
+        print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    from clipfast.train import run
+
+    return run.run_train(args) if args.command == "train" else run.run_eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""What ``clipfast train`` / ``clipfast eval`` do with parsed arguments: build, train, report.
+
+Layout of a run (as open_clip_train): ``{logs}/{name}/args.json``, ``checkpoints/epoch_K.pt`` and
+``latest.pt``, ``metrics.jsonl`` (one JSON object per logged step or eval), ``plots/*.png``,
+``summary.json``. Exit status: 0 done, 2 usage error, 128+N after signal N (a checkpoint was saved).
+"""
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipfast.train import distributed as dist_utils
+from clipfast.train.checkpointing import plain_args, resolve_resume
+from clipfast.train.trainer import TrainData, Trainer
+
+log = logging.getLogger("clipfast.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → ``amp_bf16`` on CUDA, ``fp32`` elsewhere."""
+    if precision != "auto":
+        return precision
+    return "amp_bf16" if device.type == "cuda" else "fp32"
+
+
+def build_model(args, device):
+    """(model, preprocess_train, preprocess_val, tokenizer) from clipfast's registry."""
+    import clipfast
+
+    kwargs = dict(pretrained=args.pretrained, precision=args.precision, device=device, output_dict=True)
+    if args.force_context_length:
+        kwargs["force_context_length"] = args.force_context_length
+    if args.force_image_size:
+        kwargs["force_image_size"] = args.force_image_size
+    if args.force_quick_gelu:
+        kwargs["force_quick_gelu"] = True
+    model, pre_train, pre_val = clipfast.create_model_and_transforms(args.model, **kwargs)
+    tokenizer = clipfast.get_tokenizer(args.model, context_length=args.force_context_length)
+    return model, pre_train, pre_val, tokenizer
+
+
+def image_size(model) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
+    """TrainData over the data helper's dataset and deterministic, resumable loader."""
+    from clipfast.train import data as data_lib
+
+    dataset = data_lib.build_dataset(args, "train", preprocess=preprocess, tokenizer=tokenizer, image_size=size)
+
+    def make_loader(epoch, skip):
+        return data_lib.build_dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
+                                         workers=args.workers, rank=info.rank, world_size=info.world_size,
+                                         drop_last=True, skip_batches=skip)
+
+    num_batches = len(dataset) // (args.batch_size * info.world_size)
+    return TrainData(make_loader, num_batches, args.batch_size)
+
+
+def build_evaluate(args, tokenizer, preprocess, size, device):
+    """``evaluate(model, epoch) -> metrics`` for the dataset, or None when it has no eval."""
+    from clipfast.train import evaluate as eval_lib
+
+    if args.dataset_type == "shapes":
+        def evaluate(model, epoch):
+            return eval_lib.evaluate_shapes(model, tokenizer, args=args, image_size=size, device=device)
+        return evaluate
+    if args.val_data:
+        from clipfast.train import data as data_lib
+
+        val = data_lib.build_dataset(args, "val", preprocess=preprocess, tokenizer=tokenizer, image_size=size)
+
+        def evaluate(model, epoch):
+            return eval_lib.retrieval_eval(model, val, batch_size=args.batch_size, device=device)
+        return evaluate
+    return None
+
+
+def _run_dir(args, info) -> Path:
+    if not args.name:
+        name = f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-model_{args.model}-lr_{args.lr}-b_{args.batch_size}-p_{args.precision}"
+        if info.distributed:  # every rank must agree on the name
+            obj = [name]
+            torch.distributed.broadcast_object_list(obj, src=0)
+            name = obj[0]
+        args.name = name
+    return Path(args.logs) / args.name
+
+
+def run_train(args) -> int:
+    info = dist_utils.init_distributed(args.device)
+    try:
+        return _train(args, info)
+    finally:
+        dist_utils.cleanup()
+
+
+def _train(args, info) -> int:
+    args.precision = resolve_precision(args.precision, info.device)
+    run_dir = _run_dir(args, info)
+    resume = resolve_resume(args.resume, run_dir / "checkpoints")
+    if (run_dir / "checkpoints").exists() and resume is None and args.resume != "latest":
+        log.error("run %s exists; pass --resume latest to continue it or a new --name", run_dir)
+        return 2
+    if info.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2))
+    seed_everything(args.seed)  # same init on every rank
+    model, pre_train, pre_val, tokenizer = build_model(args, info.device)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    size = image_size(model)
+    data = build_train_data(args, info, pre_train, tokenizer, size)
+    evaluate = build_evaluate(args, tokenizer, pre_val, size, info.device) if args.zeroshot_frequency else None
+    wrapped = dist_utils.wrap_model(model, info, mode="fsdp" if args.fsdp else "ddp", static_graph=args.ddp_static_graph)
+    if args.torchcompile:
+        if args.grad_checkpointing and info.distributed:
+            torch._dynamo.config.optimize_ddp = False  # open_clip #726
+        wrapped = torch.compile(wrapped)
+    import clipfast
+
+    loss = clipfast.ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
+                             rank=info.rank, world_size=info.world_size)
+    trainer = Trainer(args, wrapped, loss, data, info=info, evaluate=evaluate, run_dir=run_dir)
+    seed_everything(args.seed + info.rank)  # per-rank randomness from here on
+    if resume is not None:
+        trainer.resume(resume)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("training %s (%.2fM params, %s, %s) for %d steps on %d x %s, run dir %s", args.model, n_params / 1e6,
+             args.precision, os.environ.get("CLIPFAST_BACKEND", "auto backends"), trainer.total_steps, info.world_size,
+             info.device, run_dir)
+    summary = trainer.fit()
+    if info.is_master:
+        if not args.no_plots and summary["interrupted"] is None:
+            _plot(run_dir)
+        summary["run_dir"] = str(run_dir)
+        summary["checkpoint"] = str(run_dir / "checkpoints" / "latest.pt")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("summary: %s", json.dumps(summary))
+    sig = summary["interrupted"]
+    return 0 if sig is None else 128 + max(sig, 0)
+
+
+def _plot(run_dir: Path) -> None:
+    try:
+        from clipfast.train.plots import plot_metrics
+    except ImportError as e:  # matplotlib missing: the run itself is fine
+        log.warning("no plots: %s", e)
+        return
+    paths = plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
+    log.info("plots: %s", ", ".join(str(p) for p in paths or []))
+
+
+def run_eval(args) -> int:
+    """Evaluate ``--pretrained`` (or a fresh model) on the dataset's evaluation; prints metrics JSON."""
+    info = dist_utils.init_distributed(args.device)
+    args.precision = resolve_precision(args.precision, info.device)
+    seed_everything(args.seed)
+    model, _, pre_val, tokenizer = build_model(args, info.device)
+    evaluate = build_evaluate(args, tokenizer, pre_val, image_size(model), info.device)
+    if evaluate is None:
+        log.error("nothing to evaluate: --dataset-type %s without --val-data", args.dataset_type)
+        return 2
+    model.eval()
+    with torch.inference_mode():
+        metrics = {k: float(v) for k, v in evaluate(model, 0).items()}
+    print(json.dumps(metrics, indent=2))
+    dist_utils.cleanup()
+    return 0
