@@ -5,3 +5,10 @@ fused kernels live behind ``clipfast.ops`` and are chosen per device by ``clipfa
 """
 
 __version__ = "0.1.0"
+
+from clipfast.configs import TextConfig, VisionConfig, add_model_config, get_model_config, list_models  # noqa: E402
+from clipfast.factory import (  # noqa: E402
+    create_model, create_model_and_transforms, create_model_from_pretrained, get_tokenizer,
+)
+from clipfast.model import CLIP  # noqa: E402
+from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: E402
