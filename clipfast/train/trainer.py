@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from clipfast.precision import get_input_dtype
 from clipfast.train import checkpointing as ckpt
 from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
 from clipfast.train.params import param_groups
@@ -35,7 +36,6 @@ from clipfast.train.schedule import WarmupCosine
 log = logging.getLogger(__name__)
 
 LOGIT_SCALE_MAX = math.log(100)
-PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
 
 
 def autocast(precision: str, device_type: str):
@@ -45,11 +45,6 @@ def autocast(precision: str, device_type: str):
     if precision in ("amp_bf16", "amp_bfloat16"):
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def input_dtype(precision: str) -> Optional[torch.dtype]:
-    """Images are cast to this dtype (None: left as they come) — OpenCLIP's ``get_input_dtype``."""
-    return {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}.get(precision)
 
 
 def _grad_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -139,7 +134,7 @@ class Trainer:
         Returns: ``{"loss": total, <loss terms>..., "logit_scale": scalar}`` as 0-d tensors.
         """
         args, model, dev = self.args, self.model, self.device
-        in_dtype = input_dtype(args.precision)
+        in_dtype = get_input_dtype(args.precision)
         batches = [(im.to(dev, dtype=in_dtype, non_blocking=True), tx.to(dev, non_blocking=True)) for im, tx in micro_batches]
         k = len(batches)
         self.optimizer.zero_grad(set_to_none=True)

@@ -6,12 +6,14 @@ import torch
 IMAGE_SIZE, CONTEXT, VOCAB = 16, 8, 100
 
 
-def tiny_clip():
-    """A 2-layer CLIP at 16x16 (clipfast's when it exists, else OpenCLIP's), output_dict=True."""
-    from open_clip.model import CLIP
+def tiny_clip(precision="fp32"):
+    """clipfast's CLIP, 2 layers per tower at 16x16, output_dict=True, in ``precision``."""
+    from clipfast.model import CLIP
+    from clipfast.precision import get_cast_dtype, set_model_precision
 
-    return CLIP(32, dict(image_size=IMAGE_SIZE, layers=2, width=32, patch_size=8, head_width=16),
-                dict(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=2), output_dict=True)
+    return set_model_precision(CLIP(32, dict(image_size=IMAGE_SIZE, layers=2, width=32, patch_size=8, head_width=16),
+                dict(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=2), output_dict=True,
+                                    cast_dtype=get_cast_dtype(precision)), precision)
 
 
 def clip_loss(**kw):

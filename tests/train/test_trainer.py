@@ -40,11 +40,9 @@ def test_weight_decay_groups_follow_openclip():
     assert len(no_decay["params"]) + len(decay["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "amp", "amp_bf16", "pure_bf16", "pure_fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "amp", "amp_bf16", "bf16", "fp16", "pure_bf16", "pure_fp16"])
 def test_precision_modes_train_a_few_steps(precision):
-    model = tiny_clip()
-    if precision.startswith("pure_"):
-        model = model.to(torch.bfloat16 if "bf16" in precision else torch.float16)
+    model = tiny_clip(precision)
     before = copy.deepcopy(model.state_dict())
     data = RandomPairs(32)
     trainer = Trainer(train_args(precision=precision, epochs=1, grad_clip_norm=1.0), model, clip_loss(), data.train_data(8))
