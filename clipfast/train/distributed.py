@@ -79,7 +79,8 @@ def shard_modules(model: torch.nn.Module) -> list:
     ``ResidualAttentionBlock`` / ``Bottleneck`` (OpenCLIP's rule)."""
     if hasattr(model, "fsdp_shard_modules"):
         return list(model.fsdp_shard_modules())
-    return [m for m in model.modules() if type(m).__name__ in ("ResidualAttentionBlock", "Bottleneck")]
+    names = ("ResidualAttentionBlock", "Bottleneck")
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, mode: str = "ddp", static_graph: bool = False,
@@ -100,17 +101,23 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, mode: str = "ddp", static
     if mode == "ddp":
         ids = [info.device] if info.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=static_graph)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     _scalars_to_1d(model)
     mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
     for m in shard_modules(model):
         fully_shard(m, mp_policy=mp)
+        for method in FSDP_FORWARD_METHODS:  # entry points other than forward must unshard too
+            if hasattr(m, method):
+                register_fsdp_forward_method(m, method)
     fully_shard(model, mp_policy=mp)
     return model
 
 
 _SCALARS_ATTR = "_clipfast_fsdp_scalars"
+# Block methods the model calls instead of forward (clipfast's text tower runs its last block only for the
+# pooled token through ``forward_pooled``).
+FSDP_FORWARD_METHODS = ("forward_pooled",)
 
 
 def _scalars_to_1d(model: torch.nn.Module) -> None:
