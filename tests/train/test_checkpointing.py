@@ -1,0 +1,118 @@
+"""Checkpoints: atomic writes, keep-last-k, weights_only loading, RNG round trip, signals."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipfast.train import checkpointing as ckpt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_atomic_save_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "latest.pt"
+    ckpt.atomic_save({"step": 1, "w": torch.ones(3)}, path)
+    ckpt.atomic_save({"step": 2, "w": torch.zeros(3)}, path)
+    assert ckpt.load_checkpoint(path)["step"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["latest.pt"]
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "latest.pt"
+    ckpt.atomic_save({"step": 1}, path)
+    with pytest.raises(Exception):
+        ckpt.atomic_save({"step": 2, "bad": lambda: None}, path)  # lambdas do not pickle
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_keep_last_k_sorts_numerically(tmp_path):
+    for k in (1, 2, 9, 10, 11):
+        (tmp_path / f"epoch_{k}.pt").write_bytes(b"x")
+    (tmp_path / "latest.pt").write_bytes(b"x")
+    deleted = ckpt.keep_last_k(tmp_path, 2)
+    assert sorted(p.name for p in deleted) == ["epoch_1.pt", "epoch_2.pt", "epoch_9.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_10.pt", "epoch_11.pt", "latest.pt"]
+    assert ckpt.keep_last_k(tmp_path, 0) == []
+
+
+def test_load_is_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": Path("x")}, path)  # an arbitrary class: refused by weights_only
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resolve_resume(tmp_path):
+    assert ckpt.resolve_resume(None, tmp_path) is None
+    assert ckpt.resolve_resume("latest", tmp_path) is None  # nothing yet: start fresh
+    (tmp_path / "latest.pt").write_bytes(b"x")
+    assert ckpt.resolve_resume("latest", tmp_path) == tmp_path / "latest.pt"
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        ckpt.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    state = ckpt.rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.atomic_save({"rng": state}, tmp_path / "r.pt")
+    torch.rand(5), np.random.rand(5), random.random()
+    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "r.pt")["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_stop_signal_sets_a_flag_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with ckpt.StopSignal() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+_SIGTERM_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from tests.train._train_utils import RandomPairs, clip_loss, tiny_clip, train_args
+    from clipfast.train.trainer import Trainer
+    data = RandomPairs(64).train_data(8)
+    make = data.make_loader
+    def slow(epoch, skip):
+        for b in make(epoch, skip):
+            time.sleep(0.2)
+            yield b
+    data.make_loader = slow
+    trainer = Trainer(train_args(epochs=50), tiny_clip(), clip_loss(), data, run_dir=sys.argv[1])
+    trainer.add_callback(lambda t, s: print("step", t.step, flush=True))
+    sys.exit(0 if trainer.fit()["interrupted"] is None else 143)
+""")
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # first step done
+        assert line.startswith("step"), proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    state = ckpt.load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    steps_printed = 1 + out.count("step")
+    assert 1 <= state["step"] == steps_printed and state["epoch"] == 0 and state["batch_in_epoch"] == state["step"]
+    assert "visual.conv1.weight" in state["state_dict"] and state["optimizer"]["state"]
