@@ -42,11 +42,16 @@ bench: build
 aot-report: build
 	$(PY) -m clipfast.kernels._aot
 
-# Configure and build clipfast._C with CMake from the same source list as setup.py.
+# Configure and build clipfast._C with CMake from the same source list as setup.py (CPU kernels;
+# CLIPFAST_CMAKE_CUDA=ON adds the CUDA ones, ~5 min more here). A CUDA build of torch makes its CMake
+# config look for the toolkit and nvrtc, which ship in the nvidia-* wheels: pass both.
 cmake-check: build
-	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-		-DPython3_EXECUTABLE=$(PY) -DCLIPFAST_WITH_CUDA=$${CLIPFAST_CMAKE_CUDA:-OFF}
-	cmake --build build/cmake -j $(MAX_JOBS)
+	$(VENV)/bin/cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(PY) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) -DCUDAToolkit_ROOT=$(CUDA_HOME) \
+		-DCUDA_nvrtc_LIBRARY="$$($(PY) -c 'import glob, os, torch; print((glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "lib", "libnvrtc.so*")) + [""])[0])')" \
+		-DCLIPFAST_WITH_CUDA=$${CLIPFAST_CMAKE_CUDA:-OFF}
+	$(VENV)/bin/cmake --build build/cmake -j $(MAX_JOBS)
 
 clean:
 	rm -rf build *.egg-info clipfast/*.so

@@ -55,7 +55,7 @@ def extensions():
     if not sources["CPP"]:
         print("clipfast: no C++ sources in csrc/ -> pure-Python install")
         return [], {}
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # torch.utils.cpp_extension picks the C++ standard torch needs
     home, reason = cuda_toolkit()
     if home is None:
         print(f"clipfast: building the CPU extension only; CUDA skipped: {reason}")
@@ -69,7 +69,7 @@ def extensions():
             "clipfast._C",
             sources["CPP"] + sources["CUDA"],
             define_macros=[("CLIPFAST_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         )
     build = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": build}
