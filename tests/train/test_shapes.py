@@ -1,0 +1,106 @@
+"""The built-in shapes dataset: determinism, class coverage, the held-out split, images and captions."""
+import numpy as np
+import pytest
+import torch
+
+from clipfast.train import shapes
+from clipfast.train.shapes import (COLOURS, POSITIONS, SHAPES, SHAPES_CLASSNAMES, SHAPES_TEMPLATES, SIZES,
+                                   ShapesDataset, heldout_variants)
+
+
+def test_classnames_and_templates():
+    assert len(SHAPES_CLASSNAMES) == len(COLOURS) * len(SHAPES) >= 25
+    assert len(set(SHAPES_CLASSNAMES)) == len(SHAPES_CLASSNAMES)
+    assert SHAPES_CLASSNAMES[0] == f"{list(COLOURS)[0]} {SHAPES[0]}"
+    assert all(t.count("{}") == 1 for t in SHAPES_TEMPLATES) and len(SHAPES_TEMPLATES) >= 3
+
+
+@pytest.mark.parametrize("split", ["train", "val", "heldout"])
+def test_items_deterministic_and_well_formed(split):
+    a = ShapesDataset(split, 40, image_size=32, seed=3)
+    b = ShapesDataset(split, 40, image_size=32, seed=3)
+    for i in (0, 7, 39):
+        xa, ca, la = a[i]
+        xb, cb, lb = b[i]
+        assert torch.equal(xa, xb) and ca == cb and la == lb
+        assert xa.shape == (3, 32, 32) and xa.dtype == torch.float32
+        assert isinstance(ca, str) and 0 <= la < len(SHAPES_CLASSNAMES)
+    # reading order does not matter
+    assert torch.equal(a[5][0], ShapesDataset(split, 40, 32, 3)[5][0])
+    # a different seed gives different data
+    other = ShapesDataset(split, 40, image_size=32, seed=4)
+    assert any(not torch.equal(a[i][0], other[i][0]) for i in range(5))
+
+
+def test_splits_differ():
+    tr, va = ShapesDataset("train", 20, seed=0), ShapesDataset("val", 20, seed=0)
+    assert any(tr[i][1] != va[i][1] or not torch.equal(tr[i][0], va[i][0]) for i in range(20))
+
+
+def test_heldout_combinations_never_in_train_or_val():
+    n = 1500
+    seen = {split: {tuple(ShapesDataset(split, n, 16, seed=0).attributes(i)[k] for k in ("colour", "shape", "size",
+                                                                                          "position"))
+                    for i in range(n)} for split in ("train", "val", "heldout")}
+    assert not seen["heldout"] & (seen["train"] | seen["val"])
+    # every class is trained on, and appears in the held-out split
+    classes = {f"{c} {s}" for c, s, _, _ in seen["train"]}
+    assert classes == set(SHAPES_CLASSNAMES)
+    assert {f"{c} {s}" for c, s, _, _ in seen["heldout"]} == set(SHAPES_CLASSNAMES)
+    # the design: exactly the 2 variants per class of heldout_variants
+    colours, positions = list(COLOURS), list(POSITIONS)
+    expected = {(colours[c], SHAPES[s], SIZES[z], positions[p]) for c in range(len(COLOURS)) for s in range(len(SHAPES))
+                for z, p in heldout_variants(c, s)}
+    assert seen["heldout"] == expected
+    assert len(expected) == 2 * len(SHAPES_CLASSNAMES)
+
+
+def test_captions_name_colour_and_shape_and_label_matches():
+    ds = ShapesDataset("train", 200, 32, seed=1)
+    with_size = with_position = 0
+    for i in range(200):
+        _, caption, label = ds[i]
+        attrs = ds.attributes(i)
+        assert SHAPES_CLASSNAMES[label] == f"{attrs['colour']} {attrs['shape']}"
+        assert f"{attrs['colour']} {attrs['shape']}" in caption
+        with_size += attrs["size"] in caption
+        with_position += any(p in caption for p in shapes._POSITION_PHRASES[attrs["position"]])
+    assert 60 < with_size < 180 and 60 < with_position < 180  # sometimes, not always
+
+
+def test_image_shows_the_colour_at_the_position():
+    ds = ShapesDataset("train", 300, image_size=64, seed=2)
+    centre = {"left": (32, 18), "right": (32, 46), "top": (18, 32), "bottom": (46, 32), "center": (32, 32)}
+    for i in range(0, 300, 7):
+        img, _, _ = ds.draw(i)
+        a = ds.attributes(i)
+        y, x = centre[a["position"]]
+        pixel = img[y, x].astype(int)
+        assert np.abs(pixel - np.array(COLOURS[a["colour"]])).max() < 45, (a, pixel)
+        # the opposite corner is background (dark)
+        assert img[0, 0].max() < 90 or img[-1, -1].max() < 90
+
+
+def test_transform_gets_pil_and_default_normalisation():
+    seen = []
+    ds = ShapesDataset("val", 3, image_size=24, transform=lambda im: seen.append(im.size) or "ok")
+    assert ds[0][0] == "ok" and seen == [(24, 24)]
+    raw, _, _ = ShapesDataset("val", 3, image_size=24).draw(0)
+    x = ShapesDataset("val", 3, image_size=24)[0][0]
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    torch.testing.assert_close(x * std + mean, torch.from_numpy(raw).permute(2, 0, 1).float() / 255, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="test"), "split"), (dict(num_samples=-1), "num_samples"), (dict(image_size=8), "image_size")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ShapesDataset(**{"split": "train", "num_samples": 4, **kwargs})
+
+
+def test_index_errors():
+    ds = ShapesDataset("train", 4)
+    with pytest.raises(IndexError):
+        ds[4]
+    assert torch.equal(ds[-1][0], ds[3][0])
