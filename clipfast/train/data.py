@@ -1,0 +1,520 @@
+"""Training data: image-caption datasets and a deterministic, resumable, bad-sample-tolerant loader.
+
+Sources (``build_dataset``), each yielding ``(image (3, H, W) float, token_ids (L,) int64)`` pairs:
+
+* ``shapes``: the built-in coloured-shapes captions (:mod:`clipfast.train.shapes`), no files.
+* ``csv``: a CSV/TSV with an image-path column and a caption column (OpenCLIP's ``--csv-*`` flags);
+  relative paths are tried against the working directory, then the CSV's folder.
+* ``folder``: image files (jpg/jpeg/png/webp/bmp, recursively) each with a sidecar ``<stem>.txt``.
+* ``webdataset``: tar shards (brace notation ``/d/{000..099}.tar``, or ``::``-separated lists) of
+  ``jpg;png;jpeg;webp`` + ``txt`` samples, read with ``webdataset``'s tar iterators.
+* ``synthetic``: random images and token ids (pipeline speed tests).
+
+Bad samples. An image that is missing, truncated or undecodable becomes ``None`` in the worker;
+the loader's collate drops it from its batch (batches may be short) and the loader counts it:
+``loader.num_skipped`` (this iteration) and a warning at the end of each pass. A shard that cannot be
+read any further is logged and skipped. Nothing bad in the data raises mid-epoch.
+
+Order (``build_dataloader``). Map-style data: epoch ``e`` uses the permutation seeded by
+``(seed, e)``; global batch ``i`` is ``perm[i*B*W:(i+1)*B*W]`` and rank ``r`` takes its ``r``-th
+slice of ``B``, so the data seen is independent of the worker count. Per-sample randomness
+(augmentation) is seeded by ``(seed, epoch, index)``. ``skip_batches=k`` starts at batch ``k`` of the
+same order, so a resumed run sees exactly the batches the uninterrupted one would have.
+Webdataset: shards are shuffled by ``(seed, epoch)`` and dealt to ``rank * workers + worker``
+(samples are dealt instead when there are fewer shards than readers); see :class:`WebDatasetPairs`.
+"""
+import copy
+import csv
+import io
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["build_dataset", "build_dataloader", "collate_drop_none", "expand_shards", "CsvDataset", "FolderDataset",
+           "WebDatasetPairs", "ShapesPairs", "SyntheticDataset", "Loader", "IMAGE_EXTENSIONS"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+WDS_IMAGE_KEYS = ("jpg", "png", "jpeg", "webp")
+DATASET_TYPES = ("shapes", "csv", "folder", "webdataset", "synthetic", "auto")
+SHAPES_DEFAULT_SAMPLES = 10_000
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (stable across processes and runs)."""
+    return int(np.random.SeedSequence([int(v) % (1 << 32) for v in values]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Shard URLs of ``spec``: ``::``-separated parts, each brace-expanded (``a/{000..009}.tar``)."""
+    import braceexpand
+
+    return [s for part in str(spec).split("::") if part for s in braceexpand.braceexpand(part)]
+
+
+def _load_image(source) -> Optional["PIL.Image.Image"]:  # noqa: F821
+    """RGB PIL image from a path or bytes; None (logged at debug) when missing or undecodable."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+            return im.convert("RGB")  # forces the full decode inside the try
+    except Exception as e:  # noqa: BLE001 - any decode failure is a bad sample
+        log.debug("bad image %s: %s", source if not isinstance(source, (bytes, bytearray)) else "<bytes>", e)
+        return None
+
+
+def _to_tensor(image) -> torch.Tensor:
+    """Fallback transform: PIL RGB -> (3, H, W) float in [0, 1]."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return x.permute(2, 0, 1).float().div_(255)
+
+
+def _tokens(tokenizer: Callable, caption: str) -> torch.Tensor:
+    return tokenizer([caption])[0]
+
+
+class _PairMixin:
+    """Shared by the file datasets: turn (image source, caption) into a pair or None."""
+
+    transform: Optional[Callable]
+    tokenizer: Callable
+
+    def _pair(self, source, caption: Optional[str]):
+        if caption is None:
+            return None
+        image = _load_image(source)
+        if image is None:
+            return None
+        try:
+            x = (self.transform or _to_tensor)(image)
+        except Exception as e:  # noqa: BLE001 - e.g. a zero-sized image through a crop
+            log.debug("transform failed: %s", e)
+            return None
+        return x, _tokens(self.tokenizer, caption)
+
+
+class CsvDataset(_PairMixin, torch.utils.data.Dataset):
+    """Image-caption pairs listed in a CSV/TSV file (OpenCLIP's ``CsvDataset``).
+
+    Args:
+        path: the CSV file.
+        transform: PIL image -> tensor (e.g. OpenCLIP's preprocess); None gives [0, 1] floats.
+        tokenizer: ``tokenizer(list[str]) -> (n, L)`` int64.
+        img_key / caption_key: column names of the image path and the caption.
+        sep: column separator.
+
+    Items: ``(image, tokens (L,))`` or None for a missing/corrupt image (dropped by the loader).
+    """
+
+    def __init__(self, path, transform, tokenizer, img_key="filepath", caption_key="title", sep="\t"):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data: CSV file {str(path)!r} does not exist")
+        with open(self.path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=sep)
+            fields = reader.fieldnames or []
+            for key, flag in ((img_key, "csv_img_key"), (caption_key, "csv_caption_key")):
+                if key not in fields:
+                    raise ValueError(f"{flag}: column {key!r} not in {str(path)!r} (columns: {fields}; separator {sep!r})")
+            rows = [(r[img_key], r[caption_key]) for r in reader]
+        self.images = [p for p, _ in rows]
+        self.captions = [c for _, c in rows]
+        self.transform, self.tokenizer = transform, tokenizer
+        log.debug("CsvDataset %s: %d rows", path, len(rows))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _resolve(self, p: str) -> Path:
+        q = Path(p)
+        if q.is_absolute() or q.exists():
+            return q
+        return self.path.parent / q
+
+    def __getitem__(self, index: int):
+        return self._pair(self._resolve(self.images[index]), self.captions[index])
+
+
+class FolderDataset(_PairMixin, torch.utils.data.Dataset):
+    """Images under ``root`` (recursive) each captioned by a sidecar ``<same stem>.txt``.
+
+    Images without a caption file are left out at construction (counted in ``num_uncaptioned``).
+    Items: ``(image, tokens (L,))`` or None for a corrupt image.
+    """
+
+    def __init__(self, root, transform, tokenizer):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data: image folder {str(root)!r} does not exist")
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.images = [p for p in files if p.with_suffix(".txt").is_file()]
+        self.num_uncaptioned = len(files) - len(self.images)
+        if self.num_uncaptioned:
+            log.warning("%s: %d image(s) without a .txt caption left out", root, self.num_uncaptioned)
+        self.transform, self.tokenizer = transform, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        path = self.images[index]
+        try:
+            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.debug("bad caption %s: %s", path, e)
+            caption = None
+        return self._pair(path, caption)
+
+
+class ShapesPairs(torch.utils.data.Dataset):
+    """``(image, tokens)`` pairs of a :class:`~clipfast.train.shapes.ShapesDataset` (captions tokenized)."""
+
+    def __init__(self, shapes, tokenizer):
+        self.shapes, self.tokenizer = shapes, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int):
+        image, caption, _ = self.shapes[index]
+        return image, _tokens(self.tokenizer, caption)
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Random ``(image (3, S, S) normal, tokens (L,))`` pairs, item ``i`` seeded by ``(seed, i)``."""
+
+    def __init__(self, num_samples: int, image_size: int, context_length: int, seed: int = 0, vocab_size: int = 49408):
+        self.num_samples, self.image_size, self.context_length = int(num_samples), int(image_size), int(context_length)
+        self.seed, self.vocab_size = int(seed), int(vocab_size)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(_mix(self.seed, index))
+        image = torch.randn(3, self.image_size, self.image_size, generator=g)
+        tokens = torch.zeros(self.context_length, dtype=torch.long)
+        n = int(torch.randint(2, self.context_length + 1, (1,), generator=g))
+        tokens[:n] = torch.randint(1, self.vocab_size - 2, (n,), generator=g)
+        tokens[0], tokens[n - 1] = self.vocab_size - 2, self.vocab_size - 1  # <start>, <end> (argmax pooling)
+        return image, tokens
+
+
+class WebDatasetPairs(torch.utils.data.IterableDataset):
+    """Image-caption pairs streamed from webdataset tar shards, split by rank and worker.
+
+    Args:
+        urls: shard spec (see :func:`expand_shards`) or list of shard paths/URLs.
+        transform / tokenizer: as :class:`CsvDataset`.
+        num_samples: samples per epoch over all ranks (``--train-num-samples``); each reader then
+            yields exactly its share of ``num_samples // (B * world_size)`` batches, cycling through
+            its shards if they run out. None: one pass over the shards (evaluation).
+
+    Reading plan (set by :func:`build_dataloader` through :meth:`configured`): reader
+    ``k = rank * workers + worker`` of ``R`` takes shards ``k, k+R, ...`` of the (seed, epoch)-shuffled
+    list when there are at least ``R`` shards, else every ``R``-th sample of every shard. With
+    ``shuffle`` a 1000-sample buffer (seeded by seed, epoch, rank, worker) reorders samples.
+    Bad samples are yielded as None (dropped and counted by the loader); unreadable shard remains
+    are logged and skipped (``warn_and_continue``-style). ``len()`` is ``num_samples``.
+    """
+
+    def __init__(self, urls, transform, tokenizer, num_samples: Optional[int] = None, shuffle_buffer: int = 1000):
+        self.urls = expand_shards(urls) if isinstance(urls, str) else [str(u) for u in urls]
+        if not self.urls:
+            raise ValueError(f"data: no shards in {urls!r}")
+        missing = [u for u in self.urls if "://" not in u and not Path(u).is_file()]
+        if missing:
+            raise FileNotFoundError(f"data: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
+        self.transform, self.tokenizer = transform, tokenizer
+        self.num_samples, self.shuffle_buffer = num_samples, shuffle_buffer
+        self.plan = dict(seed=0, epoch=0, rank=0, world_size=1, batch_size=1, workers=0, skip_batches=0, shuffle=False)
+
+    def __len__(self) -> int:
+        if self.num_samples is None:
+            raise TypeError("WebDatasetPairs without num_samples has no length")
+        return self.num_samples
+
+    def configured(self, **plan) -> "WebDatasetPairs":
+        """A shallow copy reading with ``plan`` (seed, epoch, rank, world_size, batch_size, workers, skip_batches, shuffle)."""
+        other = copy.copy(self)
+        other.plan = {**self.plan, **plan}
+        return other
+
+    def _handler(self, exn: Exception) -> bool:
+        log.warning("webdataset: skipping unreadable shard data: %r", exn)
+        return True
+
+    def _samples(self, reader: int, readers: int, pass_index: int):
+        from webdataset.tariterators import tarfile_samples
+
+        p = self.plan
+        urls = list(self.urls)
+        if p["shuffle"]:
+            random.Random(_mix(p["seed"], p["epoch"], pass_index)).shuffle(urls)
+        by_shard = len(urls) >= readers
+        mine = urls[reader::readers] if by_shard else urls
+        stream = tarfile_samples(({"url": u} for u in mine), handler=self._handler)
+        for i, sample in enumerate(stream):
+            if by_shard or i % readers == reader:
+                yield sample
+
+    def _decode(self, sample: dict):
+        key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
+        if key is None or "txt" not in sample:
+            return None
+        image = _load_image(sample[key])
+        if image is None:
+            return None
+        try:
+            caption = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
+            return (self.transform or _to_tensor)(image), _tokens(self.tokenizer, caption)
+        except Exception as e:  # noqa: BLE001
+            log.debug("bad sample %s: %s", sample.get("__key__"), e)
+            return None
+
+    def _stream(self, reader: int, readers: int, lw: int, cycle: bool):
+        """Raw samples of this reader, pass after pass when ``cycle`` (until a pass is empty)."""
+        p = self.plan
+        rng = random.Random(_mix(p["seed"], p["epoch"], p["rank"], lw))
+        pass_index = 0
+        while True:
+            got, buffer = False, []
+            for sample in self._samples(reader, readers, pass_index):
+                got = True
+                if not p["shuffle"] or self.shuffle_buffer <= 1:
+                    yield sample
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+            rng.shuffle(buffer)
+            yield from buffer
+            pass_index += 1
+            if not (cycle and got):
+                return
+
+    def __iter__(self):
+        p = self.plan
+        info = torch.utils.data.get_worker_info()
+        nw, w = (info.num_workers, info.id) if info is not None else (1, 0)
+        # DataLoader asks workers round-robin from worker 0; after skipping k batches the next batch
+        # belongs to logical worker k % nw, so physical worker w plays logical worker (w + k) % nw.
+        lw = (w + p["skip_batches"]) % nw
+        reader, readers = p["rank"] * nw + lw, p["world_size"] * nw
+        bs = p["batch_size"]
+        skip = (p["skip_batches"] // nw + (lw < p["skip_batches"] % nw)) * bs
+        quota = None
+        if self.num_samples is not None:
+            nb = self.num_samples // (bs * p["world_size"])
+            quota = (nb // nw + (lw < nb % nw)) * bs
+        produced = 0
+        for sample in self._stream(reader, readers, lw, cycle=quota is not None):
+            if quota is not None and produced >= quota:
+                return
+            produced += 1
+            if produced > skip:
+                yield self._decode(sample)
+        if quota is not None and produced < quota:
+            log.warning("webdataset reader %d/%d ran out of samples (%d of %d)", reader, readers, produced, quota)
+
+
+def collate_drop_none(items: list):
+    """Default collate of the items that are not None; None when every item is None."""
+    kept = [it for it in items if it is not None]
+    return torch.utils.data.default_collate(kept) if kept else None
+
+
+def _collate_counting(items: list):
+    """``(batch or None, number of None items dropped)``; runs in the worker."""
+    return collate_drop_none(items), sum(it is None for it in items)
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Map-style wrapper: key ``(item_seed, index)``; the item is drawn under ``torch.manual_seed(item_seed)``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        item_seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            return self.dataset[index]
+
+
+class Loader:
+    """Iterable of ``(images, texts)`` batches over a torch DataLoader, counting dropped bad samples.
+
+    Attributes:
+        dataset: the dataset given to :func:`build_dataloader`.
+        num_batches: batches this rank gets in the epoch (before bad-sample drops; an all-bad batch is skipped).
+        num_skipped: bad samples dropped so far in the current iteration.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, dataset, num_batches: int):
+        self.loader, self.dataset, self.num_batches = loader, dataset, num_batches
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        self.num_skipped = 0
+        seen = 0
+        for batch, dropped in self.loader:
+            self.num_skipped += dropped
+            seen += dropped
+            if batch is not None:
+                seen += len(batch[0])
+                yield tuple(batch) if isinstance(batch, list) else batch
+        if self.num_skipped:
+            log.warning("skipped %d bad sample(s) of %d read (missing or corrupt images)", self.num_skipped, seen)
+
+
+def _rank_batches(n: int, batch_size: int, order: list, rank: int, world_size: int, drop_last: bool) -> list[list[int]]:
+    per_global = batch_size * world_size
+    full = n // per_global
+    batches = [order[i * per_global + rank * batch_size:i * per_global + (rank + 1) * batch_size] for i in range(full)]
+    if not drop_last and full * per_global < n:
+        rest = order[full * per_global:][rank::world_size]
+        batches += [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
+    return batches
+
+
+def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, workers: int = 0,
+                     rank: int = 0, world_size: int = 1, drop_last: bool = True, skip_batches: int = 0,
+                     pin_memory: bool = False) -> Loader:
+    """A deterministic, resumable loader of ``(images (B, 3, H, W), texts (B, L))`` batches for one rank.
+
+    Args:
+        dataset: from :func:`build_dataset` (map-style or :class:`WebDatasetPairs`).
+        batch_size: rows per batch on this rank (B).
+        shuffle: permute per epoch (map-style) / shuffle shards and samples (webdataset).
+        seed, epoch: the order is a function of (seed, epoch, rank, world_size) only.
+        workers: DataLoader worker processes (0: load in this process); does not change the data.
+        rank, world_size: this process's slice of each global batch of ``B * world_size`` rows.
+        drop_last: drop the incomplete final global batch.
+        skip_batches: start after this many of this rank's batches (exact resume).
+
+    Returns:
+        :class:`Loader`; batches may be shorter than B where bad samples were dropped
+        (``loader.num_skipped`` counts them).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches: expected >= 0, got {skip_batches}")
+    common = dict(num_workers=workers, collate_fn=_collate_counting, pin_memory=pin_memory,
+                  generator=torch.Generator().manual_seed(_mix(seed, epoch, rank, 1)))
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        if not isinstance(dataset, WebDatasetPairs):
+            raise TypeError(f"dataset: iterable datasets must be WebDatasetPairs, got {type(dataset).__name__}")
+        ds = dataset.configured(seed=seed, epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size,
+                                workers=workers, skip_batches=skip_batches, shuffle=shuffle)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, drop_last=drop_last, **common)
+        nb = (dataset.num_samples // (batch_size * world_size) - skip_batches) if dataset.num_samples is not None else 0
+        return Loader(loader, dataset, max(nb, 0))
+    n = len(dataset)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch))).tolist()
+    else:
+        order = list(range(n))
+    batches = _rank_batches(n, batch_size, order, rank, world_size, drop_last)[skip_batches:]
+    base = _mix(seed, epoch, 2)
+    keyed = [[(base ^ i, i) for i in b] for b in batches]
+    loader = torch.utils.data.DataLoader(_Seeded(dataset), batch_sampler=keyed, **common)
+    return Loader(loader, dataset, len(batches))
+
+
+def _infer_type(data: Optional[str]) -> str:
+    if data is None:
+        raise ValueError("dataset_type 'auto' needs a data path")
+    s = str(data)
+    if s.lower().endswith((".csv", ".tsv")):
+        return "csv"
+    if ".tar" in s or "{" in s or "::" in s:
+        return "webdataset"
+    if Path(s).is_dir():
+        return "folder"
+    raise ValueError(f"data: cannot infer the dataset type of {s!r}; pass dataset_type csv, folder or webdataset")
+
+
+def _from_args(args, split: str, **kw):
+    """``build_dataset`` from an argparse namespace of ``clipfast train`` (split 'train' or 'val')."""
+    data = args.train_data if split == "train" else args.val_data
+    num = args.train_num_samples if split == "train" else getattr(args, "val_num_samples", None)
+    return build_dataset(args.dataset_type, data, transform=kw.pop("preprocess", kw.pop("transform", None)),
+                         tokenizer=kw.pop("tokenizer"), split=split, num_samples=num,
+                         csv_img_key=getattr(args, "csv_img_key", "filepath"),
+                         csv_caption_key=getattr(args, "csv_caption_key", "title"),
+                         csv_separator=getattr(args, "csv_separator", "\t"), seed=getattr(args, "seed", 0), **kw)
+
+
+def build_dataset(dataset_type, data=None, *, transform=None, tokenizer=None, split: str = "train",
+                  num_samples: Optional[int] = None, csv_img_key: str = "filepath", csv_caption_key: str = "title",
+                  csv_separator: str = "\t", seed: int = 0, image_size: int = 224, preprocess=None):
+    """A dataset of ``(image, token_ids)`` pairs; missing paths raise here, before any work.
+
+    Args:
+        dataset_type: ``shapes``, ``csv``, ``folder``, ``webdataset``, ``synthetic`` or ``auto`` (from
+            the path: .csv/.tsv, .tar/brace/``::`` shards, or a folder). May also be the argparse
+            namespace of ``clipfast train``, with ``data`` the split name (``build_dataset(args, "train",
+            preprocess=..., tokenizer=..., image_size=...)``).
+        data: CSV path, image folder, or shard spec (unused by shapes/synthetic).
+        transform: PIL image -> tensor (the model's preprocess); ``preprocess`` is an alias. The shapes
+            data ignores it: it draws at ``image_size`` and normalises with OpenAI mean/std itself.
+        tokenizer: ``tokenizer(list[str]) -> (n, L)`` int64 (required).
+        split: ``train``, ``val`` or ``heldout`` (shapes: which attribute combinations and stream).
+        num_samples: shapes/synthetic length (default 10000; a quarter for non-train splits);
+            webdataset samples per epoch (None: one pass, no length).
+        csv_img_key, csv_caption_key, csv_separator: CSV columns and separator.
+        seed: shapes/synthetic stream.
+        image_size: shapes/synthetic image side.
+    """
+    if not isinstance(dataset_type, str):
+        return _from_args(dataset_type, data, transform=transform if transform is not None else preprocess,
+                          tokenizer=tokenizer, image_size=image_size)
+    transform = transform if transform is not None else preprocess
+    if tokenizer is None:
+        raise ValueError("tokenizer: required (a callable list[str] -> (n, L) int64 tensor)")
+    if dataset_type == "auto":
+        dataset_type = _infer_type(data)
+    if dataset_type not in DATASET_TYPES:
+        raise ValueError(f"dataset_type: expected one of {DATASET_TYPES}, got {dataset_type!r}")
+    if dataset_type in ("shapes", "synthetic"):
+        n = num_samples or (SHAPES_DEFAULT_SAMPLES if split == "train" else SHAPES_DEFAULT_SAMPLES // 4)
+        if dataset_type == "synthetic":
+            ctx = int(tokenizer(["a"]).shape[-1])
+            return SyntheticDataset(n, image_size, ctx, seed=_mix(seed, {"train": 0, "val": 1}.get(split, 2)))
+        from clipfast.train.shapes import ShapesDataset
+
+        return ShapesPairs(ShapesDataset(split, n, image_size, seed), tokenizer)
+    if data is None:
+        raise ValueError(f"data: a path is required for dataset_type {dataset_type!r}")
+    if dataset_type == "csv":
+        return CsvDataset(data, transform, tokenizer, csv_img_key, csv_caption_key, csv_separator)
+    if dataset_type == "folder":
+        return FolderDataset(data, transform, tokenizer)
+    return WebDatasetPairs(data, transform, tokenizer, num_samples)
+
+
+def worker_count(requested: int) -> int:
+    """``requested`` capped at the CPUs this process may use (0 stays 0)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
