@@ -8,7 +8,7 @@
   through ``clipfast.ops.attention_pool``.
 
 BatchNorm stays ``nn.BatchNorm2d`` (so ``SyncBatchNorm.convert_sync_batchnorm`` works). Gradient checkpointing
-works per stage; batch statistics are not updated twice (the recomputation does not track running stats).
+works per stage; running statistics are updated once per step (not again by the recomputation).
 """
 import contextlib
 from collections import OrderedDict
@@ -91,15 +91,18 @@ class AttentionPool2d(nn.Module):
 
 @contextlib.contextmanager
 def _no_running_stats(module):
-    """BatchNorm layers of ``module`` use batch statistics without updating running stats (for recomputation)."""
+    """During a checkpoint recomputation: BatchNorm layers of ``module`` leave their running stats unchanged
+    (momentum 0 keeps them exactly; the batch counter is restored), so a step updates them once."""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
     for m in bns:
-        m.track_running_stats = False
+        m.momentum = 0.0
     try:
         yield
     finally:
-        for m in bns:
-            m.track_running_stats = True
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 class ModifiedResNet(nn.Module):
