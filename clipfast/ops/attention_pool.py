@@ -2,7 +2,7 @@
 
 Math: ``out[b, h] = sum_j p[b, h, j] * v[b, h, j]`` with ``p = softmax_j(scale * <q[b, h], k[b, h, j]>)``
 over the keys ``j < kv_len[b]`` (all L when ``kv_len`` is None), ``scale = D ** -0.5``. Scores, softmax and
-the weighted sum run in fp32; the result is cast back to ``q.dtype``.
+the weighted sum run in fp32 (fp64 for fp64 inputs); the result is cast back to ``q.dtype``.
 
 Used where CLIP returns one token: ModifiedResNet's ``AttentionPool2d`` (query = spatial mean token),
 the ViT's last block (class token) and the text tower's last block (EOT token, ``kv_len = eot + 1`` keeps
@@ -22,7 +22,8 @@ def attention_pool_ref(q, k, v, *, kv_len=None):
     """
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5
-    qf, kf, vf = q.float(), k.float(), v.float()
+    acc = torch.promote_types(dtype, torch.float32)  # fp32 math (fp64 stays fp64)
+    qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
     scores = torch.matmul(kf, qf.unsqueeze(-1)).squeeze(-1) * scale  # (B, H, L)
     if kv_len is not None:
         keep = torch.arange(k.shape[2], device=k.device) < kv_len.to(k.device).view(-1, 1, 1)  # (B, 1, L)

@@ -1,6 +1,7 @@
 """Layer norm over the last dimension, computed in fp32 and cast back to the input dtype.
 
-Math: ``y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` (biased variance), all in fp32 whatever the
+Math: ``y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` (biased variance), all in fp32 (fp64 for fp64
+inputs) whatever the
 dtypes of x, weight and bias; ``y`` is returned in ``x.dtype``. This is OpenAI CLIP's ``LayerNorm`` and
 OpenCLIP's ``LayerNormFp32``; for fp32 inputs it equals ``F.layer_norm``.
 """
@@ -14,9 +15,10 @@ __all__ = ["layer_norm", "layer_norm_ref"]
 
 def layer_norm_ref(x, weight, bias, eps=1e-5):
     """Plain differentiable PyTorch fp32 layer norm (the CPU path and the oracle). Contract of ``layer_norm``."""
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
-    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    return F.layer_norm(x.to(acc), (x.shape[-1],), w, b, eps).to(x.dtype)
 
 
 def _check_inputs(x, weight, bias):
