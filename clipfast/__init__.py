@@ -12,3 +12,4 @@ from clipfast.factory import (  # noqa: E402
 )
 from clipfast.model import CLIP  # noqa: E402
 from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: E402
+from clipfast.checkpoint import load_checkpoint  # noqa: E402
