@@ -13,3 +13,6 @@ from clipfast.factory import (  # noqa: E402
 from clipfast.model import CLIP  # noqa: E402
 from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: E402
 from clipfast.checkpoint import load_checkpoint  # noqa: E402
+from clipfast.checkpoint import build_model, load_state_dict  # noqa: E402
+from clipfast.tokenizer import SimpleTokenizer, decode, tokenize  # noqa: E402
+from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform  # noqa: E402
