@@ -39,7 +39,8 @@ def _input_dtype(model) -> torch.dtype:
 
 
 def _as_loader(data, batch_size: int) -> Iterable:
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+    """``data`` itself if it yields batches, else a DataLoader over a dataset of pairs (bad items dropped)."""
+    if isinstance(data, torch.utils.data.Dataset):
         from clipfast.train.data import collate_drop_none
 
         return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_drop_none)
@@ -124,8 +125,9 @@ def retrieval_eval(model, loader, device=None, batch_size: int = 256) -> dict[st
     """Image<->text retrieval recall@1/5/10 over all pairs of ``loader``.
 
     Args:
-        loader: batches ``(images (B, 3, H, W), tokens (B, L))`` of matching pairs, or a map-style
-            dataset of such pairs (batched with ``batch_size``).
+        loader: batches ``(images (B, 3, H, W), tokens (B, L))`` of matching pairs, or a dataset
+            (map-style or iterable, e.g. from ``data.build_dataset``) of such pairs, batched with
+            ``batch_size``; None items (bad samples) are dropped.
 
     Returns:
         ``{"image_to_text_R@k", "text_to_image_R@k"}`` for k in 1, 5, 10 and ``"retrieval_num_samples"``.
@@ -135,6 +137,8 @@ def retrieval_eval(model, loader, device=None, batch_size: int = 256) -> dict[st
     img, txt = [], []
     with torch.inference_mode():
         for batch in _as_loader(loader, batch_size):
+            if batch is None:  # every item of the batch was a bad sample
+                continue
             images, tokens = _batch_parts(batch)
             img.append(_encode_images(model, images, device))
             txt.append(model.encode_text(tokens.to(device), normalize=True).float())

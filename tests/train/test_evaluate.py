@@ -142,3 +142,23 @@ def test_evaluate_shapes_on_a_tiny_model():
         again = ev.evaluate_shapes(model, tok, num_samples=40, batch_size=20, seed=0, probe=False)
     assert "linear_probe_top1" not in again
     assert again["zeroshot_top1"] == out["zeroshot_top1"]
+
+
+def test_retrieval_on_datasets_with_bad_items():
+    img = torch.randn(10, E)
+    pairs = [(images_from(img[i:i + 1])[0], torch.tensor([i, 0])) for i in range(10)]
+
+    class WithBad(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return None if i in (0, 1, 2, 3, 7) else pairs[i]
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([None if i == 7 else pairs[i] for i in range(10)])
+
+    out = ev.retrieval_eval(Oracle(img), WithBad(), batch_size=4)  # first batch is all bad
+    assert out["retrieval_num_samples"] == 5 and out["image_to_text_R@1"] == 1.0
+    assert ev.retrieval_eval(Oracle(img), Stream(), batch_size=4)["retrieval_num_samples"] == 9
