@@ -17,7 +17,7 @@ open_clip = pytest.importorskip("open_clip")
 TEXT_1L = {"width": 512, "heads": 8, "layers": 1, "vocab_size": 1000}  # an OpenAI text width, kept small
 OPENAI_VIT = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": 1, "width": 768, "patch_size": 16},
               "text_cfg": TEXT_1L}
-OPENAI_RN = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+OPENAI_RN = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
              "text_cfg": TEXT_1L}
 VIT_H_LIKE = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 320, "head_width": 80,
                                               "patch_size": 16}, "text_cfg": TEXT_1L}
@@ -42,8 +42,11 @@ def _inputs(image_size, vocab_size, batch=3):
     return image, text
 
 
-def _assert_same_outputs(ours, ref, image, text, name):
+def _assert_same_outputs(ours, ref, image, text, name, forward=False):
     with torch.no_grad():
+        if forward:  # logits from forward's normalized features and exp'd scale
+            (ai, at, ascale), (bi, bt, bscale) = ours(image, text)[:3], ref(image, text)[:3]
+            assert_close(ascale * ai @ at.T, bscale * bi @ bt.T, name=f"{name} forward logits")
         assert_close(ours.encode_image(image), ref.encode_image(image), name=f"{name} encode_image")
         assert_close(ours.encode_text(text), ref.encode_text(text), name=f"{name} encode_text")
         assert_close(ours.logit_scale.detach().float(), ref.logit_scale.detach().float(), name=f"{name} logit_scale")
@@ -180,7 +183,7 @@ def test_openai_round_trip_through_build_model(tmp_path, cfg):
 
     ref = open_clip.model.build_model_from_openai_state_dict(dict(sd), quick_gelu=True).float()
     image, text = _inputs(cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["vocab_size"])
-    _assert_same_outputs(model, ref, image, text, "openai")
+    _assert_same_outputs(model, ref, image, text, "openai", forward=True)
 
     lp = build_model(sd, cast_dtype=torch.float16)
     assert {k: v.dtype for k, v in lp.state_dict().items()} == {
@@ -199,6 +202,19 @@ def test_build_model_heads_need_config_for_vit_h_like():
         warnings.simplefilter("error")
         model = build_model(sd, config={"vision_cfg": {"head_width": 80}})
     _assert_same_outputs(model, ref, image, text, "vit-h-like")
+
+
+def test_build_model_vit_h14_shapes_warn_about_heads():
+    with torch.device("meta"):  # real ViT-H-14 shapes, no memory: the meta model loads the meta state dict
+        sd = open_clip.model.CLIP(**open_clip.get_model_config("ViT-H-14")).state_dict()
+        with pytest.warns(UserWarning, match="width 1280"):
+            guessed = build_model(sd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model = build_model(sd, config={"vision_cfg": {"head_width": 80}})
+    assert guessed.visual.transformer.resblocks[0].attn.heads == 20  # the 64-dim rule: wrong for H-14
+    assert model.visual.transformer.resblocks[0].attn.heads == 16
+    assert model.transformer.resblocks[0].attn.heads == 16
 
 
 @pytest.mark.parametrize("name,n_keys", [("RN50", 489), ("ViT-B-32", 302), ("ViT-B-16", 302), ("ViT-L-14", 446),
