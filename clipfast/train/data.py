@@ -221,6 +221,7 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
     ``k = rank * workers + worker`` of ``R`` takes shards ``k, k+R, ...`` of the (seed, epoch)-shuffled
     list when there are at least ``R`` shards, else every ``R``-th sample of every shard. With
     ``shuffle`` a 1000-sample buffer (seeded by seed, epoch, rank, worker) reorders samples.
+    Augmentation randomness is seeded per sample, so resuming with ``skip_batches`` is exact.
     Bad samples are yielded as None (dropped and counted by the loader); unreadable shard remains
     are logged and skipped (``warn_and_continue``-style). ``len()`` is ``num_samples``.
     """
@@ -265,7 +266,13 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
             if by_shard or i % readers == reader:
                 yield sample
 
-    def _decode(self, sample: dict):
+    def _decode(self, sample: dict, item_seed: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            return self._decode_unseeded(sample)
+
+    def _decode_unseeded(self, sample: dict):
         key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
         if key is None or "txt" not in sample:
             return None
@@ -320,7 +327,7 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
                 return
             produced += 1
             if produced > skip:
-                yield self._decode(sample)
+                yield self._decode(sample, _mix(p["seed"], p["epoch"], p["rank"], lw, produced))
         if quota is not None and produced < quota:
             log.warning("webdataset reader %d/%d ran out of samples (%d of %d)", reader, readers, produced, quota)
 

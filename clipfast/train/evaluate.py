@@ -31,7 +31,11 @@ def _device(model, device) -> torch.device:
 
 
 def _input_dtype(model) -> torch.dtype:
-    """Floating dtype of the vision tower's weights (images are cast to it, as OpenCLIP's pure_* modes)."""
+    """dtype of the vision stem's weight (images are cast to it, as OpenCLIP's fp16/bf16/pure_* modes do)."""
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    weight = getattr(conv, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return weight.dtype
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype

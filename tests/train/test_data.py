@@ -124,20 +124,23 @@ def test_webdataset_one_pass_with_corrupt_samples_and_truncated_shard(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_webdataset_epoch_quota_ranks_and_resume(tmp_path, workers):
     spec = _shards(tmp_path, n_shards=4, per_shard=6, bad=())
-    ds = D.build_dataset("webdataset", spec, transform=transform, tokenizer=tokenizer, num_samples=20)
+    noisy = lambda image: transform(image) + torch.rand(1)  # noqa: E731 - augmentation stand-in
+    ds = D.build_dataset("webdataset", spec, transform=noisy, tokenizer=tokenizer, num_samples=20)
     assert len(ds) == 20
 
-    def texts(rank, skip=0, epoch=0):
+    def read(rank, skip=0, epoch=0):
         loader = D.build_dataloader(ds, 2, shuffle=True, seed=5, epoch=epoch, workers=workers, rank=rank,
                                     world_size=2, skip_batches=skip)
-        return [tuple(t.tolist()) for _, tx in loader for t in tx]
+        pairs = [(im, tuple(t.tolist())) for ims, tx in loader for im, t in zip(ims, tx)]
+        return [t for _, t in pairs], torch.stack([im for im, _ in pairs])
 
-    r0, r1 = texts(0), texts(1)
+    (r0, im0), (r1, _) = read(0), read(1)
     assert len(r0) == len(r1) == 10  # 20 // (2 * 2) = 5 batches of 2 per rank
     assert not set(r0) & set(r1)  # ranks read different shards
-    assert texts(0) == r0  # deterministic
-    assert texts(0, skip=3) == r0[6:]  # exact resume
-    assert texts(0, epoch=1) != r0
+    assert read(0)[0] == r0  # deterministic
+    r0_resumed, im0_resumed = read(0, skip=3)
+    assert r0_resumed == r0[6:] and torch.equal(im0_resumed, im0[6:])  # exact resume, augmentation included
+    assert read(0, epoch=1)[0] != r0
 
 
 def test_webdataset_missing_shard_raises_before_work(tmp_path):
