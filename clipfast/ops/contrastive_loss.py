@@ -16,10 +16,9 @@ Algorithm ("block" = rows a (M, d) against columns b (N, d); the whole loss is o
 distributed modes in ``clipfast.distributed`` use rectangular ones):
 
 * Forward: the logits are produced tile by tile (``chunk_size`` rows × ``chunk_size`` columns on the
-  chunked path); each tile is computed ONCE and gives both the row and the column log-sum-exp. Rows use
-  their exact tile maximum (exp(S − rowmax) ≤ 1); columns reuse the same exponentials through a
-  matrix-vector product with exp(rowmax − tilemax), and the rare columns whose mass underflows that
-  shared shift (column maximum < tile maximum − ~50) are recomputed exactly. One N²d matmul.
+  chunked path); each tile is computed ONCE and gives both the row and the column log-sum-exp, each
+  shifted by its own tile maximum (exp(S − max) ≤ 1, and S − max is exact near the maximum, so no
+  underflow or cancellation at any scale); partial LSEs merge in float64. One N²d matmul.
 * Backward: saved are only I, T, s and the two LSE vectors. Each tile is recomputed once, turned into
   P (coefficients folded into the exponent: c·exp(S − lse) = exp(S − (lse − log c))) and used for
   both dI += P·T and dT += Pᵀ·I. Three N²d matmuls: four in total, against six for OpenCLIP.
@@ -38,15 +37,13 @@ import torch.nn.functional as F
 
 from clipfast import backend as _backend
 
-__all__ = ["contrastive_loss", "contrastive_loss_ref", "lse_block", "lse_block_fwd", "lse_block_bwd"]
+__all__ = ["contrastive_loss", "contrastive_loss_ref", "lse_block", "lse_block_fwd", "lse_block_bwd",
+           "row_cross_entropy", "local_contrastive_loss"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: chunked path only
 # Default tile of the chunked path: rows × columns of S per step (2 buffers of 4 MiB each).
 _TILE_M = 1024
 _TILE_N = 1024
-# A column whose Σ_i exp(S_ij − tile max) falls below this is recomputed with its own maximum:
-# below it the terms that matter for fp32 accuracy could be subnormal.
-_COL_UNDERFLOW = 1e-22
 
 
 def contrastive_loss_ref(image_features, text_features, logit_scale):
@@ -136,25 +133,23 @@ def _lse_fwd_chunked(a, b, s, want_row, want_col, tiles):
     lse_row = torch.full((m,), -math.inf, dtype=f64, device=dev) if want_row else None
     lse_col = torch.full((n,), -math.inf, dtype=f64, device=dev) if want_col else None
     buf = torch.empty(tm * tn, dtype=acc, device=dev)
+    buf2 = torch.empty(tm * tn, dtype=acc, device=dev) if want_row and want_col else None
     for r0 in range(0, m, tm):
         ar = a[r0:r0 + tm].to(acc) * s  # (rows, d), s folded into the rows
         for c0 in range(0, n, tn):
             bc = b[c0:c0 + tn].to(acc)  # (cols, d)
-            t = buf[: ar.shape[0] * bc.shape[0]].view(ar.shape[0], bc.shape[0])
+            shape = (ar.shape[0], bc.shape[0])
+            t = buf[: shape[0] * shape[1]].view(shape)
             torch.mm(ar, bc.T, out=t)  # S tile
-            row_max = t.amax(1)
-            t.sub_(row_max[:, None]).exp_()  # exp(S − rowmax) ≤ 1
-            if want_row:
-                part = row_max.to(f64) + t.sum(1).to(f64).log_()
-                torch.logaddexp(lse_row[r0:r0 + tm], part, out=lse_row[r0:r0 + tm])
-            if want_col:
-                top = row_max.max()
-                col_sum = torch.mv(t.T, torch.exp(row_max - top))  # Σ_i exp(S_ij − top)
-                low = (col_sum < _COL_UNDERFLOW).nonzero().flatten()
-                part = col_sum.to(f64).log_().add_(top.to(f64))
-                if low.numel():  # underflowed columns: recompute with their own maximum
-                    part[low] = torch.logsumexp(ar @ bc[low].T, 0).to(f64)
+            if want_col:  # exp(S − colmax) ≤ 1, and S − colmax is exact near the maximum
+                col_max = t.amax(0)
+                e = buf2[: shape[0] * shape[1]].view(shape) if want_row else t
+                part = torch.sub(t, col_max[None, :], out=e).exp_().sum(0).to(f64).log_().add_(col_max.to(f64))
                 torch.logaddexp(lse_col[c0:c0 + tn], part, out=lse_col[c0:c0 + tn])
+            if want_row:
+                row_max = t.amax(1)
+                part = t.sub_(row_max[:, None]).exp_().sum(1).to(f64).log_().add_(row_max.to(f64))
+                torch.logaddexp(lse_row[r0:r0 + tm], part, out=lse_row[r0:r0 + tm])
     return lse_row, lse_col
 
 
@@ -194,6 +189,18 @@ def _exp_term(t, out, shift, idx, dim):
     out.exp_()
     if mul is not None:
         out.mul_(mul)
+
+
+def _sub_diag(t, k, r0, c, f):
+    """t[ii, ii + k] −= c/f (tile diagonal k = global positives); c a float or a per-row (M,) tensor."""
+    dg = t.diagonal(k)
+    if not dg.numel():
+        return
+    if isinstance(c, torch.Tensor):
+        i0 = r0 + max(0, -k)
+        dg.sub_(c[i0:i0 + dg.numel()].to(t.dtype) / f)
+    else:
+        dg.sub_(c / f)
 
 
 def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles):
@@ -236,7 +243,7 @@ def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles)
             else:
                 _exp_term(t, t, sh_row, rows, 1)
             if diag is not None:
-                t.diagonal(r0 + diag[0] - c0).sub_(diag[1] / f)  # tile (ii, ii + k'): global (i, i + k)
+                _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
             pb[rows].addmm_(t, bc)
             db[cols].addmm_(t.T, ar, alpha=f)  # s·Gᵀ·a (ar carries s)
         dscale += (pb[rows] * a_r).sum().to(torch.float64)
@@ -276,8 +283,8 @@ def lse_block_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, diag=Non
         lse_row (M,), lse_col (N,): the GLOBAL LSEs of these rows / columns; either may be None together
             with its coefficient (that direction contributes nothing).
         coef_row (M,), coef_col (N,): weights, e.g. grad·0.5/N.
-        diag: None, or (k, c): the positives (i, i + k) of this block enter with weight −c (a float or a
-            0-d tensor), e.g. (0, grad/N) for the CLIP loss.
+        diag: None, or (k, c): the positives (i, i + k) of this block enter with weight −c (a float, a
+            0-d tensor or a per-row (M,) tensor), e.g. (0, grad/N) for the CLIP loss.
     Returns:
         (da (M, d), db (N, d), dscale 0-d), fp32 (fp64 for fp64 inputs): with G = P − c·[j = i + k],
         da = s·G·b, db = s·Gᵀ·a, dscale = Σ_ij G_ij a_i·b_j.
@@ -301,11 +308,12 @@ def lse_block_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, diag=Non
             i0, i1 = max(0, -k), min(m, n - k)
             if i1 > i0:
                 c = torch.as_tensor(c, **f32)
+                c = c[i0:i1, None] if c.dim() else c.expand(i1 - i0)[:, None]
                 da[i0:i1].addcmul_(b[i0 + k:i1 + k], c * s, value=-1)
                 db[i0 + k:i1 + k].addcmul_(a[i0:i1], c * s, value=-1)
-                dscale = dscale - c * rowdot_sum(a[i0:i1], b[i0 + k:i1 + k])
+                dscale = dscale - (c * a[i0:i1].float() * b[i0 + k:i1 + k].float()).sum()
         return da, db, dscale
-    if diag is not None:
+    if diag is not None and not (isinstance(diag[1], torch.Tensor) and diag[1].dim()):
         diag = (diag[0], float(diag[1]))
     return _lse_bwd_chunked(a, b, float(scale), lse_row, lse_col, coef_row, coef_col, diag, _check_chunk(chunk_size))
 
@@ -364,6 +372,47 @@ def rowdot_sum(a, b, chunk=4096, dtype=None):
     for r0 in range(0, a.shape[0], chunk):
         total += (a[r0:r0 + chunk].to(acc) * b[r0:r0 + chunk].to(acc)).sum()
     return total
+
+
+class _RowCrossEntropy(torch.autograd.Function):
+    """ce_i = lse_row_i − S_{i,i+k}: cross-entropy of row i of S = scale·a·bᵀ with target column i + k."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale, offset, chunk_size, backend):
+        lse_row, _ = lse_block_fwd(a, b, scale, want_col=False, chunk_size=chunk_size, backend=backend)
+        acc = _acc_dtype(a)
+        pos = b[offset:offset + a.shape[0]]  # (M, d): each row's positive
+        s_ii = torch.cat([(a[r:r + 4096].to(acc) * pos[r:r + 4096].to(acc)).sum(1) for r in range(0, a.shape[0], 4096)])
+        ctx.save_for_backward(a, b, scale, lse_row)
+        ctx.args = (offset, chunk_size, backend)
+        return (lse_row - scale.double() * s_ii.double()).to(acc)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, scale, lse_row = ctx.saved_tensors
+        offset, chunk_size, backend = ctx.args
+        g = grad.to(torch.float64).contiguous()
+        da, db, dscale = lse_block_bwd(a, b, scale, lse_row, None, g, None, diag=(offset, g),
+                                       chunk_size=chunk_size, backend=backend)
+        return da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape), None, None, None
+
+
+def row_cross_entropy(a, b, scale, offset=0, *, chunk_size=None):
+    """Per-row cross-entropy of S = scale·a·bᵀ with row i's target column i + ``offset``, chunked.
+
+    Args:
+        a: (M, d) rows (e.g. this rank's images); b: (N, d) columns (e.g. all texts), N ≥ offset + M.
+        scale: 0-d tensor s; offset: column of row 0's positive (rank·B in the gather mode).
+    Returns:
+        (M,) fp32 ``lse_row_i − S_{i,i+offset}`` (= ``F.cross_entropy(S, targets, reduction="none")``);
+        gradients to a, b and scale, O(M + N) memory plus tiles.
+    """
+    _check_features(a, b, square=False, names=("a", "b"))
+    if not 0 <= offset <= b.shape[0] - a.shape[0]:
+        raise ValueError(f"offset: expected 0 <= offset <= {b.shape[0] - a.shape[0]} (N - M), got {offset}")
+    scale = check_scale(scale, a.device, "scale")
+    _check_chunk(chunk_size)
+    return _RowCrossEntropy.apply(a, b, scale, offset, chunk_size, _backend.select("contrastive_loss", a.device))
 
 
 # ---------------------------------------------------------------------------------------------------
