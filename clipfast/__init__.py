@@ -16,3 +16,4 @@ from clipfast.checkpoint import load_checkpoint  # noqa: E402
 from clipfast.checkpoint import build_model, load_state_dict  # noqa: E402
 from clipfast.tokenizer import SimpleTokenizer, decode, tokenize  # noqa: E402
 from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform  # noqa: E402
+from clipfast.loss import ClipLoss, SigLipLoss  # noqa: E402
