@@ -174,21 +174,32 @@ class FolderDataset(_PairMixin, torch.utils.data.Dataset):
 
 
 class ShapesPairs(torch.utils.data.Dataset):
-    """``(image, tokens)`` pairs of a :class:`~clipfast.train.shapes.ShapesDataset` (captions tokenized)."""
+    """``(image, tokens)`` pairs of a :class:`~clipfast.train.shapes.ShapesDataset`.
+
+    The captions come from a few thousand distinct strings, so their tokens are cached (per process).
+    """
+
+    deterministic_items = True  # items depend on the index only: no per-sample RNG seeding needed
 
     def __init__(self, shapes, tokenizer):
         self.shapes, self.tokenizer = shapes, tokenizer
+        self._cache: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def __getitem__(self, index: int):
         image, caption, _ = self.shapes[index]
-        return image, _tokens(self.tokenizer, caption)
+        tokens = self._cache.get(caption)
+        if tokens is None:
+            tokens = self._cache[caption] = _tokens(self.tokenizer, caption)
+        return image, tokens.clone()
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
     """Random ``(image (3, S, S) normal, tokens (L,))`` pairs, item ``i`` seeded by ``(seed, i)``."""
+
+    deterministic_items = True
 
     def __init__(self, num_samples: int, image_size: int, context_length: int, seed: int = 0, vocab_size: int = 49408):
         self.num_samples, self.image_size, self.context_length = int(num_samples), int(image_size), int(context_length)
@@ -440,9 +451,12 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
     else:
         order = list(range(n))
     batches = _rank_batches(n, batch_size, order, rank, world_size, drop_last)[skip_batches:]
-    base = _mix(seed, epoch, 2)
-    keyed = [[(base ^ i, i) for i in b] for b in batches]
-    loader = torch.utils.data.DataLoader(_Seeded(dataset), batch_sampler=keyed, **common)
+    if getattr(dataset, "deterministic_items", False):
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+    else:  # seed each item's augmentation by (seed, epoch, index)
+        base = _mix(seed, epoch, 2)
+        keyed = [[(base ^ i, i) for i in b] for b in batches]
+        loader = torch.utils.data.DataLoader(_Seeded(dataset), batch_sampler=keyed, **common)
     return Loader(loader, dataset, len(batches))
 
 

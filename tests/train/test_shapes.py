@@ -70,13 +70,14 @@ def test_captions_name_colour_and_shape_and_label_matches():
 
 def test_image_shows_the_colour_at_the_position():
     ds = ShapesDataset("train", 300, image_size=64, seed=2)
-    centre = {"left": (32, 18), "right": (32, 46), "top": (18, 32), "bottom": (46, 32), "center": (32, 32)}
+    centre = {"left": (32, 19), "right": (32, 45), "top": (19, 32), "bottom": (45, 32), "center": (32, 32)}
     for i in range(0, 300, 7):
         img, _, _ = ds.draw(i)
         a = ds.attributes(i)
         y, x = centre[a["position"]]
-        pixel = img[y, x].astype(int)
-        assert np.abs(pixel - np.array(COLOURS[a["colour"]])).max() < 45, (a, pixel)
+        window = img[y - 10:y + 11, x - 10:x + 11].astype(int)  # holds the centre of every shape and a ring's band
+        close = (np.abs(window - np.array(COLOURS[a["colour"]])).max(axis=-1) < 45).sum()
+        assert close >= 20, (a, close)
         # the opposite corner is background (dark)
         assert img[0, 0].max() < 90 or img[-1, -1].max() < 90
 
