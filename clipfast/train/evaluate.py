@@ -233,7 +233,7 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
 
     * zero-shot: ``heldout`` images (attribute tuples never trained on), classified among ALL 30
       classes with ``SHAPES_TEMPLATES`` ensembling -> ``zeroshot_top1/top5``; also on ``val``
-      (seen combinations) -> ``val_zeroshot_top1/top5``.
+      (seen combinations) -> ``seen_zeroshot_top1/top5``.
     * retrieval on ``val`` image/caption pairs -> ``image_to_text_R@k``, ``text_to_image_R@k``.
     * linear probe: train on ``num_samples`` ``train`` images (seed + 1), test on the heldout images
       -> ``linear_probe_top1`` (skipped with ``probe=False``).
@@ -265,7 +265,7 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
     val = ShapesDataset("val", num_samples, image_size, seed)
     metrics = dict(zero_shot_eval(model, classifier, _label_loader(heldout, batch_size), device))
     seen = zero_shot_eval(model, classifier, _label_loader(val, batch_size), device)
-    metrics.update({f"val_{k}": v for k, v in seen.items()})
+    metrics.update({f"seen_{k}": v for k, v in seen.items()})
 
     def pairs(items):
         return (torch.stack([it[0] for it in items]), tokenizer([it[1] for it in items]))

@@ -63,6 +63,33 @@ def _figure(title: str, ylabel: str):
     return fig, ax
 
 
+def _accuracy_figure(records: list[dict], acc_keys: list[str]):
+    """Classification accuracies (left) and retrieval recalls (right, when logged) vs step."""
+    from matplotlib.figure import Figure
+
+    panels = [("classification", [k for k in acc_keys if "R@" not in k]),
+              ("retrieval", [k for k in acc_keys if "R@" in k])]
+    panels = [(t, ks) for t, ks in panels if ks]
+    fig = Figure(figsize=(6.4 * len(panels), 4.0), layout="tight")
+    _, chance = _series(records, "val/chance_top1")
+    for i, (title, ks) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy" if title == "classification" else "recall")
+        ax.grid(True, alpha=0.3)
+        for j, k in enumerate(ks):
+            name = k.split("/", 1)[1]
+            style = "--" if ("top5" in name or "R@5" in name) else ":" if "R@10" in name else "-"
+            ax.plot(*_series(records, k), style, marker="o", markersize=3, color=f"C{j % 10}",
+                    linewidth=2.2 if name == "zeroshot_top1" else 1.2, label=name)
+        if chance and title == "classification":
+            ax.axhline(chance[-1], color="gray", linestyle="--", linewidth=1, label="chance top-1")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    return fig
+
+
 def plot_metrics(metrics_path, out_dir) -> list:
     """Write ``loss.png``, ``lr.png`` and ``accuracy.png`` (those with data) under ``out_dir``.
 
@@ -74,7 +101,8 @@ def plot_metrics(metrics_path, out_dir) -> list:
         list of the written ``Path``s (empty when the file is missing or has no plottable data).
 
     Plots: every ``train/*loss*`` key vs step; ``train/lr``; every ``val/*`` key naming an accuracy
-    or recall (top1, top5, R@k) vs step, with the ``val/chance_top1`` level dashed when logged.
+    (top1, top5; left panel, with the ``val/chance_top1`` level dashed when logged) or a recall (R@k;
+    right panel) vs step.
     """
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
@@ -102,13 +130,5 @@ def plot_metrics(metrics_path, out_dir) -> list:
 
     acc_keys = [k for k in keys if k.startswith("val/") and any(m in k for m in _ACCURACY_MARKERS) and "chance" not in k]
     if acc_keys:
-        fig, ax = _figure("evaluation", "accuracy / recall")
-        for k in acc_keys:
-            ax.plot(*_series(records, k), marker="o", markersize=3, linewidth=1.2, label=k.split("/", 1)[1])
-        _, chance = _series(records, "val/chance_top1")
-        if chance:
-            ax.axhline(chance[-1], color="gray", linestyle="--", linewidth=1, label="chance top-1")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, ncol=2)
-        written.append(_save(fig, out_dir / "accuracy.png"))
+        written.append(_save(_accuracy_figure(records, acc_keys), out_dir / "accuracy.png"))
     return written
