@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger("clipfast.train")
 
 PRECISIONS = ("auto", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
-DATASET_TYPES = ("shapes", "synthetic", "csv", "webdataset", "auto")
+DATASET_TYPES = ("shapes", "synthetic", "csv", "folder", "webdataset", "auto")  # clipfast.train.data.DATASET_TYPES
 
 
 class CliError(Exception):
@@ -38,7 +38,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--list-models", action="store_true", help="print the model config names and exit")
     g = p.add_argument_group("data")
     g.add_argument("--dataset-type", choices=DATASET_TYPES, default="shapes",
-                   help="shapes: built-in colour x shape captions (no files); synthetic: random tensors; csv; webdataset")
+                   help="shapes: built-in colour x shape captions (no files); synthetic: random tensors; csv; folder (images with "
+                        "<stem>.txt captions); webdataset; auto: from the --train-data path. default: %(default)s")
     g.add_argument("--train-data", default=None, help="csv file or webdataset shards (brace notation) for training")
     g.add_argument("--val-data", default=None, help="csv file or webdataset shards for validation")
     g.add_argument("--train-num-samples", type=int, default=None, help="samples per epoch (required for webdataset)")
@@ -127,7 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config:
         sub = parser._subparsers._group_actions[0].choices[args.command]
-        cfg = _load_config(args.config)
+        try:
+            cfg = _load_config(args.config)
+        except CliError as e:
+            sub.error(str(e))
         known = {a.dest for a in sub._actions}
         unknown = sorted(set(cfg) - known - {"config"})
         if unknown:
@@ -148,7 +152,7 @@ def validate(args: argparse.Namespace) -> None:
         raise CliError(f"--pretrained: checkpoint {args.pretrained!r} does not exist")
     for flag in ("train_data", "val_data"):
         value = getattr(args, flag)
-        if value and args.dataset_type in ("csv", "auto") and not Path(value).exists():
+        if value and args.dataset_type in ("csv", "folder", "auto") and not Path(value).exists():
             raise CliError(f"--{flag.replace('_', '-')}: {value!r} does not exist")
         if value and args.dataset_type == "webdataset":
             from clipfast.train.data import expand_shards
@@ -157,7 +161,7 @@ def validate(args: argparse.Namespace) -> None:
             if missing:
                 raise CliError(f"--{flag.replace('_', '-')}: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
     if args.command == "train":
-        if args.dataset_type in ("csv", "webdataset") and not args.train_data:
+        if args.dataset_type in ("csv", "folder", "webdataset", "auto") and not args.train_data:
             raise CliError(f"--train-data is required with --dataset-type {args.dataset_type}")
         if args.dataset_type == "webdataset" and not args.train_num_samples:
             raise CliError("--train-num-samples is required with --dataset-type webdataset")

@@ -6,7 +6,6 @@ Layout of a run (as open_clip_train): ``{logs}/{name}/args.json``, ``checkpoints
 """
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -66,8 +65,7 @@ def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
                                          workers=args.workers, rank=info.rank, world_size=info.world_size,
                                          drop_last=True, skip_batches=skip)
 
-    num_batches = len(dataset) // (args.batch_size * info.world_size)
-    return TrainData(make_loader, num_batches, args.batch_size)
+    return TrainData(make_loader, make_loader(0, 0).num_batches, args.batch_size)
 
 
 def build_evaluate(args, tokenizer, preprocess, size, device):
@@ -139,9 +137,11 @@ def _train(args, info) -> int:
     if resume is not None:
         trainer.resume(resume)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("training %s (%.2fM params, %s, %s) for %d steps on %d x %s, run dir %s", args.model, n_params / 1e6,
-             args.precision, os.environ.get("CLIPFAST_BACKEND", "auto backends"), trainer.total_steps, info.world_size,
-             info.device, run_dir)
+    from clipfast import backend
+
+    backends = ", ".join(f"{op}={backend.select(op, info.device)}" for op in backend.OP_BACKENDS)
+    log.info("training %s (%.2fM params, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model, n_params / 1e6,
+             args.precision, trainer.total_steps, info.world_size, info.device, backends, run_dir)
     summary = trainer.fit()
     if info.is_master:
         if not args.no_plots and summary["interrupted"] is None:
@@ -149,9 +149,14 @@ def _train(args, info) -> int:
         summary["run_dir"] = str(run_dir)
         summary["checkpoint"] = str(run_dir / "checkpoints" / "latest.pt")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        log.info("summary: %s", json.dumps(summary))
+        _log_summary(summary)
     sig = summary["interrupted"]
     return 0 if sig is None else 128 + max(sig, 0)
+
+
+def _log_summary(summary: dict) -> None:
+    lines = [f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}" for k, v in summary.items()]
+    log.info("summary (also in %s/summary.json):\n%s", summary.get("run_dir", "."), "\n".join(lines))
 
 
 def _plot(run_dir: Path) -> None:

@@ -122,6 +122,7 @@ class Trainer:
         self.scheduler = WarmupCosine(self.optimizer, args.lr, args.warmup, self.total_steps, getattr(args, "lr_scheduler", "cosine"))
         self.scaler = torch.amp.GradScaler(self.device.type) if args.precision == "amp" else None
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.train_time = 0.0
         self.metrics: dict = {}
         self._stop = ckpt.StopSignal()
         self._callbacks: list = []
@@ -235,7 +236,7 @@ class Trainer:
         ``summary["interrupted"]`` is the signal number (or -1 for :meth:`request_stop`) when the
         run stopped early after saving ``latest.pt``, else None.
         """
-        t0 = time.time()
+        self.train_time = 0.0
         start_step = self.step
         with self._stop:
             interrupted = None
@@ -252,11 +253,10 @@ class Trainer:
                 save_freq = getattr(self.args, "save_frequency", 1)
                 if save_freq and (self.epoch % save_freq == 0 or self.epoch == self.args.epochs):
                     self.save(epoch_file=True)
-        wall = time.time() - t0
         steps = self.step - start_step
         summary = {
-            "steps": self.step, "epochs": self.epoch, "wall_s": round(wall, 2),
-            "samples_per_s": round(steps * self.accum * self.data.batch_size * self.info.world_size / max(wall, 1e-9), 2),
+            "steps": self.step, "epochs": self.epoch, "train_s": round(self.train_time, 2),
+            "samples_per_s": round(steps * self.accum * self.data.batch_size * self.info.world_size / max(self.train_time, 1e-9), 2),
             "interrupted": interrupted, **self.metrics,
         }
         if self.run_dir is not None:
@@ -295,6 +295,7 @@ class Trainer:
                    disable=not self.info.is_master or getattr(args, "no_progress", False) or None, dynamic_ncols=True)
         loader = self.data.make_loader(self.epoch, self.batch_in_epoch)
         micro, tick = [], time.time()
+        start = tick
         try:
             for batch in loader:
                 if self.batch_in_epoch + len(micro) >= self.steps_per_epoch * k:
@@ -323,6 +324,7 @@ class Trainer:
                     return True
         finally:
             bar.close()
+            self.train_time += time.time() - start
         return False
 
     def _log_step(self, stats: dict, samples_per_s: float, bar) -> None:
