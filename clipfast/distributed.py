@@ -14,8 +14,9 @@ Two ways to spread a batch of N = P·B pairs over P processes (gloo on CPU, NCCL
 Both give rank p the loss L_p of its own pairs (mean over its B rows, global normalisers) and, in
 backward, Σ_q ∂L_q/∂(local features): exactly P × the single-process gradient of L = mean_p L_p. DDP's
 gradient averaging (÷P) therefore reproduces the single-process gradients of the model and of
-``logit_scale``/``logit_bias`` (each rank returns its own share of d scale, which DDP sums and ÷P; no
-world-size factor is applied — the hazard Inf-CL's ring has). Block sizes must be equal on all ranks.
+``logit_scale``/``logit_bias``: in the ring, every rank returns the mean over ranks of the block
+contributions to d scale (one fp64 scalar all-reduce in backward), so DDP's sum ÷ P is exactly
+Σ_p ∂L_p/∂s ÷ P — no stray world-size factor (the hazard in Inf-CL's ring), no cross-rank cancellation. Block sizes must be equal on all ranks.
 """
 import torch
 import torch.distributed as dist
@@ -31,17 +32,35 @@ def world_info(rank=None, world_size=None, group=None):
     return (0 if rank is None else rank), (1 if world_size is None else world_size)
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """(B, d) → (P·B, d); backward sums every rank's gradient of the whole and keeps this rank's slice
+    (an all-reduce: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.contiguous()
+        out = torch.empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype,
+                          device=x.device)
+        dist.all_gather(list(out.chunk(dist.get_world_size(group))), x, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.chunk(dist.get_world_size(ctx.group))[dist.get_rank(ctx.group)], None
+
+
 def all_gather_features(x, *, with_grad, local_loss=True, rank=None, group=None):
     """Concatenate ``x`` (B, d) from every rank into (P·B, d), rank order (OpenCLIP's ``gather_features``).
 
-    with_grad: backward sums the gradients of every rank's copy into the owner
-        (``torch.distributed.nn.all_gather``). Otherwise the gathered copies carry no gradient, and when
+    with_grad: backward sums the gradients of every rank's copy into the owner (as
+        ``torch.distributed.nn.all_gather``). Otherwise the gathered copies carry no gradient, and when
         ``local_loss`` is False this rank's own slice is replaced by ``x`` so that it keeps its gradient.
     """
     if with_grad:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(dist_fn.all_gather(x, group=group), dim=0)
+        return _AllGatherWithGrad.apply(x, group)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
     if not local_loss:
@@ -70,6 +89,20 @@ def ring_shift(tensors, group=None):
             w.wait()
 
     return received, wait
+
+
+def _mean_share(value, group):
+    """Σ over ranks of ``value`` / P, in float64 on every rank.
+
+    A rank's ring blocks hold other ranks' column terms, so its own share of d scale is large and the
+    shares cancel across ranks (like Σ_ij P_ij·cos_ij against the diagonal). Returning the mean keeps
+    DDP's sum-then-divide exact in fp32 and equal on every rank.
+    """
+    _, size = world_info(group=group)
+    value = value.to(torch.float64).clone()
+    if size > 1:
+        dist.all_reduce(value, group=group)
+    return value / size
 
 
 class RingContrastiveEngine:
@@ -105,8 +138,7 @@ class RingContrastiveEngine:
 
         _, size = world_info(group=self.group)
         cur = [b.contiguous(), lse_col.contiguous(), coef_col.contiguous()]
-        da = dscale = db_home = None
-        pending_db = None
+        da = dscale = pending_db = None
         for k in range(size):
             nxt = ring_shift(cur, self.group) if k < size - 1 else None
             da_k, db_k, ds_k = lse_block_bwd(a, cur[0], scale, lse_row, cur[1], coef_row, cur[2],
@@ -122,8 +154,7 @@ class RingContrastiveEngine:
                 nxt[1]()
                 cur = nxt[0]
         pending_db[1]()
-        db_home = pending_db[0][0]
-        return da, db_home, dscale
+        return da, pending_db[0][0], _mean_share(dscale, self.group)
 
 
 class RingSigmoidEngine:
@@ -169,4 +200,4 @@ class RingSigmoidEngine:
                 nxt[1]()
                 cur_b = nxt[0][0]
         pending_db[1]()
-        return da, pending_db[0][0], dscale, dbias
+        return da, pending_db[0][0], _mean_share(dscale, self.group), _mean_share(dbias, self.group)

@@ -246,7 +246,7 @@ def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles)
                 _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
             pb[rows].addmm_(t, bc)
             db[cols].addmm_(t.T, ar, alpha=f)  # s·Gᵀ·a (ar carries s)
-        dscale += (pb[rows] * a_r).sum().to(torch.float64)
+        dscale += torch.einsum("md,md->", pb[rows].to(torch.float64), a_r.to(torch.float64))
     return pb.mul_(s * f), db, dscale * f
 
 
