@@ -51,6 +51,18 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) % (1 << 32) for v in values]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _seeded_call(item_seed: int, fn: Callable, *args):
+    """``fn(*args)`` with torch's CPU and Python's RNGs seeded by ``item_seed``, both restored afterwards."""
+    py_state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            return fn(*args)
+    finally:
+        random.setstate(py_state)
+
+
 def expand_shards(spec: str) -> list[str]:
     """Shard URLs of ``spec``: ``::``-separated parts, each brace-expanded (``a/{000..009}.tar``)."""
     import braceexpand
@@ -278,10 +290,7 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
                 yield sample
 
     def _decode(self, sample: dict, item_seed: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            return self._decode_unseeded(sample)
+        return _seeded_call(item_seed, self._decode_unseeded, sample)
 
     def _decode_unseeded(self, sample: dict):
         key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
@@ -365,10 +374,7 @@ class _Seeded(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         item_seed, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            return self.dataset[index]
+        return _seeded_call(item_seed, self.dataset.__getitem__, index)
 
 
 class Loader:

@@ -213,3 +213,19 @@ def test_build_dataloader_errors():
         D.build_dataloader(ds, 0, shuffle=False)
     with pytest.raises(ValueError, match="rank"):
         D.build_dataloader(ds, 2, shuffle=False, rank=2, world_size=2)
+
+
+def test_loading_leaves_global_rngs_alone(tmp_path):
+    import random
+
+    paths = _write_images(tmp_path, 3)
+    (tmp_path / "d.csv").write_text("filepath\ttitle\n" + "".join(f"{p}\tc{i}\n" for i, p in enumerate(paths)))
+    ds = D.build_dataset("csv", str(tmp_path / "d.csv"), transform=lambda im: transform(im) + random.random(),
+                         tokenizer=tokenizer)
+    torch.manual_seed(3)
+    random.seed(3)
+    list(D.build_dataloader(ds, 2, shuffle=True, seed=0, drop_last=False))
+    a, b = torch.rand(1), random.random()
+    torch.manual_seed(3)
+    random.seed(3)
+    assert torch.equal(a, torch.rand(1)) and b == random.random()
