@@ -14,3 +14,13 @@ QUICK_GELU = {
     "vit_l14_mlp": (64 * 257, 4096),
     "text_mlp": (256 * 77, 2048),
 }
+
+# model: (open_clip config name, batch) for bench_model.py — a training step at a CPU-sized batch here.
+MODEL = {
+    "vit_b32": ("ViT-B-32", 8),
+    "rn50": ("RN50", 8),
+} if not ON_GPU else {
+    "vit_b32": ("ViT-B-32", 256),
+    "vit_b16": ("ViT-B-16", 128),
+    "rn50": ("RN50", 128),
+}
