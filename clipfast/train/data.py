@@ -30,10 +30,13 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["build_dataset", "build_dataloader", "collate_drop_none", "expand_shards", "CsvDataset", "FolderDataset",
            "WebDatasetPairs", "ShapesPairs", "SyntheticDataset", "Loader", "IMAGE_EXTENSIONS"]
@@ -70,7 +73,7 @@ def expand_shards(spec: str) -> list[str]:
     return [s for part in str(spec).split("::") if part for s in braceexpand.braceexpand(part)]
 
 
-def _load_image(source) -> Optional["PIL.Image.Image"]:  # noqa: F821
+def _load_image(source) -> Optional["Image.Image"]:
     """RGB PIL image from a path or bytes; None (logged at debug) when missing or undecodable."""
     from PIL import Image
 
