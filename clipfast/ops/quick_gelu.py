@@ -10,6 +10,8 @@ Backends (``clipfast.backend.select``): ``triton`` (``clipfast.kernels.quick_gel
 ``reference``. The fused paths run as the custom op ``torch.ops.clipfast.quick_gelu`` (with a fake
 implementation and autograd), so ``torch.compile`` traces them. Double backward is not supported.
 """
+import os
+
 import torch
 
 from clipfast import backend as _backend
@@ -110,11 +112,17 @@ def _backward_rule(ctx, grad):
 _quick_gelu_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
+_SELECTED = {}
+
+
 @torch.compiler.assume_constant_result
 def _select_backend(device):
     # Run eagerly at trace time (torch.compile can't trace the extension/env checks); the choice
     # depends only on the device and the environment, so it is a constant of the compiled graph.
-    return _backend.select("quick_gelu", torch.device(device))
+    key = (device, os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
+    if key not in _SELECTED:
+        _SELECTED[key] = _backend.select("quick_gelu", torch.device(device))
+    return _SELECTED[key]
 
 
 def quick_gelu(x, bias=None):
