@@ -10,10 +10,12 @@ Sources (``build_dataset``), each yielding ``(image (3, H, W) float, token_ids (
   ``jpg;png;jpeg;webp`` + ``txt`` samples, read with ``webdataset``'s tar iterators.
 * ``synthetic``: random images and token ids (pipeline speed tests).
 
-Bad samples. An image that is missing, truncated or undecodable becomes ``None`` in the worker;
-the loader's collate drops it from its batch (batches may be short) and the loader counts it:
-``loader.num_skipped`` (this iteration) and a warning at the end of each pass. A shard that cannot be
-read any further is logged and skipped. Nothing bad in the data raises mid-epoch.
+Bad samples. An image that is missing, truncated or undecodable is replaced in the worker, so batches
+stay full (data-parallel ranks must all-gather equal batch sizes): map-style data draws another index
+(a deterministic function of the item's seed), webdataset moves on to the next sample of the stream.
+Every failed load is counted: ``loader.num_skipped`` (this iteration) and a warning at the end of each
+pass. A shard that cannot be read any further is logged and skipped. Nothing bad in the data raises
+mid-epoch.
 
 Order (``build_dataloader``). Map-style data: epoch ``e`` uses the permutation seeded by
 ``(seed, e)``; global batch ``i`` is ``perm[i*B*W:(i+1)*B*W]`` and rank ``r`` takes its ``r``-th
@@ -248,8 +250,10 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
     list when there are at least ``R`` shards, else every ``R``-th sample of every shard. With
     ``shuffle`` a 1000-sample buffer (seeded by seed, epoch, rank, worker) reorders samples.
     Augmentation randomness is seeded per sample, so resuming with ``skip_batches`` is exact.
-    Bad samples are yielded as None (dropped and counted by the loader); unreadable shard remains
-    are logged and skipped (``warn_and_continue``-style). ``len()`` is ``num_samples``.
+    Items are ``(pair, failed loads since the previous item)``; a bad sample is passed over (batches
+    stay full) and counted by the loader; unreadable shard remains are logged and skipped
+    (``warn_and_continue``-style). Resuming decodes the skipped samples to find the good ones.
+    ``len()`` is ``num_samples``.
     """
 
     def __init__(self, urls, transform, tokenizer, num_samples: Optional[int] = None, shuffle_buffer: int = 1000):
@@ -344,13 +348,20 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
         if self.num_samples is not None:
             nb = self.num_samples // (bs * p["world_size"])
             quota = (nb // nw + (lw < nb % nw)) * bs
-        produced = 0
-        for sample in self._stream(reader, readers, lw, cycle=quota is not None):
+        produced = bad = 0  # good samples of this reader so far (skipped ones included); failed loads
+        for raw, sample in enumerate(self._stream(reader, readers, lw, cycle=quota is not None)):
             if quota is not None and produced >= quota:
                 return
+            pair = self._decode(sample, _mix(p["seed"], p["epoch"], p["rank"], lw, raw))
+            if pair is None:
+                bad += 1
+                continue
             produced += 1
             if produced > skip:
-                yield self._decode(sample, _mix(p["seed"], p["epoch"], p["rank"], lw, produced))
+                yield pair, bad
+                bad = 0
+        if bad:
+            yield None, bad
         if quota is not None and produced < quota:
             log.warning("webdataset reader %d/%d ran out of samples (%d of %d)", reader, readers, produced, quota)
 
@@ -362,31 +373,48 @@ def collate_drop_none(items: list):
 
 
 def _collate_counting(items: list):
-    """``(batch or None, number of None items dropped)``; runs in the worker."""
-    return collate_drop_none(items), sum(it is None for it in items)
+    """Items ``(pair or None, failed loads)`` -> ``(batch or None, total failed loads)``; runs in the worker."""
+    return collate_drop_none([pair for pair, _ in items]), sum(bad for _, bad in items)
 
 
-class _Seeded(torch.utils.data.Dataset):
-    """Map-style wrapper: key ``(item_seed, index)``; the item is drawn under ``torch.manual_seed(item_seed)``."""
+class _Robust(torch.utils.data.Dataset):
+    """Map-style wrapper: key ``(item_seed, index)`` -> ``(pair, failed loads)``.
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    The item is drawn with torch's and Python's RNGs seeded from ``item_seed`` (augmentation is a
+    function of the key) unless ``seeded=False``. A bad item (None) is replaced by the item at an
+    index drawn from ``item_seed``, up to ``max_tries`` loads; then ``(None, max_tries)``.
+    """
+
+    max_tries = 20
+
+    def __init__(self, dataset, seeded: bool = True):
+        self.dataset, self.seeded = dataset, seeded
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key):
         item_seed, index = key
-        return _seeded_call(item_seed, self.dataset.__getitem__, index)
+        rng = None
+        for attempt in range(self.max_tries):
+            if self.seeded:
+                pair = _seeded_call(_mix(item_seed, attempt), self.dataset.__getitem__, index)
+            else:
+                pair = self.dataset[index]
+            if pair is not None:
+                return pair, attempt
+            rng = rng or random.Random(item_seed)
+            index = rng.randrange(len(self.dataset))
+        return None, self.max_tries
 
 
 class Loader:
-    """Iterable of ``(images, texts)`` batches over a torch DataLoader, counting dropped bad samples.
+    """Iterable of ``(images, texts)`` batches over a torch DataLoader, counting bad samples.
 
     Attributes:
         dataset: the dataset given to :func:`build_dataloader`.
-        num_batches: batches this rank gets in the epoch (before bad-sample drops; an all-bad batch is skipped).
-        num_skipped: bad samples dropped so far in the current iteration.
+        num_batches: batches this rank gets in the epoch.
+        num_skipped: failed loads (missing/corrupt samples, replaced) so far in the current iteration.
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader, dataset, num_batches: int):
@@ -406,7 +434,8 @@ class Loader:
                 seen += len(batch[0])
                 yield tuple(batch) if isinstance(batch, list) else batch
         if self.num_skipped:
-            log.warning("skipped %d bad sample(s) of %d read (missing or corrupt images)", self.num_skipped, seen)
+            log.warning("skipped %d bad sample(s) of %d read (missing or corrupt images; replaced)", self.num_skipped,
+                        seen)
 
 
 def _rank_batches(n: int, batch_size: int, order: list, rank: int, world_size: int, drop_last: bool) -> list[list[int]]:
@@ -435,8 +464,8 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
         skip_batches: start after this many of this rank's batches (exact resume).
 
     Returns:
-        :class:`Loader`; batches may be shorter than B where bad samples were dropped
-        (``loader.num_skipped`` counts them).
+        :class:`Loader`; bad samples are replaced so batches stay full (``loader.num_skipped`` counts
+        the failed loads); a batch is short only if the data has almost nothing loadable.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -460,12 +489,10 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
     else:
         order = list(range(n))
     batches = _rank_batches(n, batch_size, order, rank, world_size, drop_last)[skip_batches:]
-    if getattr(dataset, "deterministic_items", False):
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
-    else:  # seed each item's augmentation by (seed, epoch, index)
-        base = _mix(seed, epoch, 2)
-        keyed = [[(base ^ i, i) for i in b] for b in batches]
-        loader = torch.utils.data.DataLoader(_Seeded(dataset), batch_sampler=keyed, **common)
+    base = _mix(seed, epoch, 2)  # item i of the epoch is drawn under seed base ^ i
+    keyed = [[(base ^ i, i) for i in b] for b in batches]
+    robust = _Robust(dataset, seeded=not getattr(dataset, "deterministic_items", False))
+    loader = torch.utils.data.DataLoader(robust, batch_sampler=keyed, **common)
     return Loader(loader, dataset, len(batches))
 
 

@@ -57,10 +57,14 @@ def test_csv_with_corrupt_and_missing_images(tmp_path):
     assert len(ds) == 7
     loader = D.build_dataloader(ds, 7, shuffle=False, drop_last=False)
     (batch,), n = _drain(loader)
-    assert n == 4 and loader.num_skipped == 3
+    assert n == 7 and loader.num_skipped >= 3  # bad ones replaced by good ones: the batch stays full
     images, texts = batch
-    assert images.shape == (4, 3, 8, 8) and texts.shape == (4, CTX) and texts.dtype == torch.long
-    assert texts[:, 8].tolist() == [ord(str(i)) for i in (0, 2, 3, 5)]  # "caption i"[8] is the digit
+    assert images.shape == (7, 3, 8, 8) and texts.shape == (7, CTX) and texts.dtype == torch.long
+    digits = texts[:, 8].tolist()  # "caption i"[8] is the digit
+    assert [digits[i] for i in (0, 2, 3, 5)] == [ord(str(i)) for i in (0, 2, 3, 5)]
+    assert set(digits) <= {ord(str(i)) for i in (0, 2, 3, 5)}
+    again, _ = _drain(D.build_dataloader(ds, 7, shuffle=False, drop_last=False))
+    assert torch.equal(again[0][1], texts)  # replacements are deterministic
 
 
 def test_csv_custom_keys_separator_and_errors(tmp_path):
@@ -85,7 +89,7 @@ def test_folder_with_corrupt_image_and_missing_caption(tmp_path):
     assert len(ds) == 4 and ds.num_uncaptioned == 1
     loader = D.build_dataloader(ds, 2, shuffle=True, seed=1, drop_last=False, workers=0)
     _, n = _drain(loader)
-    assert n == 3 and loader.num_skipped == 1
+    assert n == 4 and loader.num_skipped >= 1
     with pytest.raises(FileNotFoundError, match="folder"):
         D.build_dataset("folder", str(tmp_path / "nope"), tokenizer=tokenizer)
 
@@ -105,7 +109,7 @@ def _shards(tmp_path, n_shards=3, per_shard=4, bad=((0, 1), (2, 3))):
         items = []
         for j in range(per_shard):
             img = b"\x89PNG garbage" if (s, j) in bad else _image_bytes(s * per_shard + j)
-            items.append((f"s{s}_{j:03d}", {"png": img, "txt": f"shard {s} item {j}".encode()}))
+            items.append((f"s{s}_{j:03d}", {"png": img, "txt": f"s{s}i{j}".encode()}))
         _write_shard(tmp_path / f"shard-{s}.tar", items)
     return str(tmp_path / ("shard-{0..%d}.tar" % (n_shards - 1)))
 
@@ -117,8 +121,10 @@ def test_webdataset_one_pass_with_corrupt_samples_and_truncated_shard(tmp_path):
     ds = D.build_dataset("webdataset", spec, transform=transform, tokenizer=tokenizer)
     loader = D.build_dataloader(ds, 3, shuffle=False, drop_last=False, workers=0)
     batches, n = _drain(loader)
-    assert 8 <= n < 10 and loader.num_skipped >= 2  # 2 garbage images, the truncated shard loses some
-    assert all(b[0].shape[1:] == (3, 8, 8) for b in batches)
+    assert 6 <= n < 10 and loader.num_skipped >= 2  # 2 garbage images, the truncated shard loses some
+    assert all(b[0].shape == (3, 3, 8, 8) for b in batches[:-1])  # bad samples passed over: full batches
+    texts = {bytes(t[:4].tolist()) for b in batches for t in b[1]}
+    assert b"s0i0" in texts and not texts & {b"s0i1", b"s2i3"}  # the garbage images are never served
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -229,3 +235,19 @@ def test_loading_leaves_global_rngs_alone(tmp_path):
     torch.manual_seed(3)
     random.seed(3)
     assert torch.equal(a, torch.rand(1)) and b == random.random()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "webdataset"])
+def test_ranks_get_full_batches_despite_bad_samples(tmp_path, fmt):
+    """Data-parallel ranks all-gather features: every rank's batch must keep B rows."""
+    if fmt == "csv":
+        paths = _write_images(tmp_path, 16, bad=(0, 5, 6, 11))
+        (tmp_path / "d.csv").write_text("filepath\ttitle\n" + "".join(f"{p}\tc{i}\n" for i, p in enumerate(paths)))
+        ds = D.build_dataset("csv", str(tmp_path / "d.csv"), transform=transform, tokenizer=tokenizer)
+    else:
+        spec = _shards(tmp_path, n_shards=4, per_shard=6, bad=((0, 0), (1, 2), (1, 3), (3, 5)))
+        ds = D.build_dataset("webdataset", spec, transform=transform, tokenizer=tokenizer, num_samples=16)
+    for rank in (0, 1):
+        loader = D.build_dataloader(ds, 4, shuffle=True, seed=0, rank=rank, world_size=2, workers=0)
+        sizes = [len(im) for im, _ in loader]
+        assert sizes == [4, 4], (rank, sizes)
