@@ -77,6 +77,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loss and distributed (run under torchrun)")
     g.add_argument("--local-loss", action="store_true", help="local x global logits per rank instead of global x global")
     g.add_argument("--gather-with-grad", action="store_true", help="all-gather features with gradient")
+    g.add_argument("--loss-mode", choices=("gather", "ring"), default="gather",
+                   help="gather: all-gather features (OpenCLIP; see --local-loss/--gather-with-grad); ring: pass text "
+                        "blocks around the ranks, O(B*d) memory per rank (implies local loss). default: %(default)s")
     g.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block instead of DDP")
     g.add_argument("--ddp-static-graph", action="store_true", help="DDP static_graph=True")
     g = p.add_argument_group("evaluation, checkpoints, logging")

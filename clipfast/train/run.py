@@ -131,7 +131,7 @@ def _train(args, info) -> int:
     import clipfast
 
     loss = clipfast.ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
-                             rank=info.rank, world_size=info.world_size)
+                             rank=info.rank, world_size=info.world_size, mode=args.loss_mode)
     trainer = Trainer(args, wrapped, loss, data, info=info, evaluate=evaluate, run_dir=run_dir)
     seed_everything(args.seed + info.rank)  # per-rank randomness from here on
     if resume is not None:

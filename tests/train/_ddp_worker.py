@@ -21,6 +21,7 @@ MODES = {
     "local_loss": dict(gather_with_grad=True, local_loss=True),
     "accum2": dict(gather_with_grad=True, accum=2),
     "fsdp": dict(gather_with_grad=True, fsdp=True),
+    "ring": dict(mode="ring"),
 }
 
 
@@ -39,8 +40,9 @@ def main():
         model = tiny_clip()
         wrapped = wrap_model(model, info, mode="fsdp" if cfg.get("fsdp") else "ddp")
         accum = cfg.get("accum", 1)
+        kw = {"mode": cfg["mode"]} if "mode" in cfg else {}
         loss = clip_loss(local_loss=cfg.get("local_loss", False), gather_with_grad=cfg.get("gather_with_grad", False),
-                         rank=info.rank, world_size=info.world_size)
+                         rank=info.rank, world_size=info.world_size, **kw)
         data = RandomPairs(48).train_data(a.batch_size // accum, info.rank, info.world_size)
         trainer = Trainer(train_args(epochs=1, accum_freq=accum, grad_clip_norm=1.0), wrapped, loss, data, info=info)
         losses = []

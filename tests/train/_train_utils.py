@@ -17,10 +17,8 @@ def tiny_clip(precision="fp32"):
 
 
 def clip_loss(**kw):
-    try:
-        from clipfast import ClipLoss
-    except ImportError:
-        from open_clip.loss import ClipLoss
+    from clipfast import ClipLoss
+
     return ClipLoss(**kw)
 
 

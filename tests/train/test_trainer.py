@@ -129,3 +129,18 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, accum):
     import json
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def test_grad_checkpointing_gives_the_same_step():
+    model_a = tiny_clip()
+    model_b = copy.deepcopy(model_a)
+    model_b.set_grad_checkpointing(True)
+    data = RandomPairs(16)
+    batch = [next(data.batches(8, 0))]
+    s_a = Trainer(train_args(), model_a, clip_loss(), data.train_data(8)).train_step(batch)
+    s_b = Trainer(train_args(), model_b, clip_loss(), data.train_data(8)).train_step(batch)
+    assert_close(s_b["loss"], s_a["loss"], name="loss")
+    ga, gb = _grads(model_a), _grads(model_b)
+    scale = max(g.abs().max() for g in ga.values())
+    for name in ga:
+        assert_close(gb[name] / scale, ga[name] / scale, name=f"grad {name}")
