@@ -246,7 +246,7 @@ def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles)
                 _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
             pb[rows].addmm_(t, bc)
             db[cols].addmm_(t.T, ar, alpha=f)  # s·Gᵀ·a (ar carries s)
-        dscale += torch.einsum("md,md->", pb[rows].to(torch.float64), a_r.to(torch.float64))
+        dscale += torch.einsum("md,md->m", pb[rows], a_r).to(torch.float64).sum()  # per-row dots, fp64 sum
     return pb.mul_(s * f), db, dscale * f
 
 
@@ -365,7 +365,7 @@ def lse_block(a, b, scale, *, want_row=True, want_col=True, chunk_size=None):
     return _LseBlock.apply(a, b, scale, want_row, want_col, chunk_size, backend)
 
 
-def rowdot_sum(a, b, chunk=4096, dtype=None):
+def rowdot_sum(a, b, chunk=256, dtype=None):
     """Σ_i a_i·b_i in ``dtype`` (default fp32, fp64 for fp64 inputs), in row chunks (no (N, d) temporary)."""
     acc = dtype or _acc_dtype(a)
     total = torch.zeros((), dtype=acc, device=a.device)
@@ -382,7 +382,8 @@ class _RowCrossEntropy(torch.autograd.Function):
         lse_row, _ = lse_block_fwd(a, b, scale, want_col=False, chunk_size=chunk_size, backend=backend)
         acc = _acc_dtype(a)
         pos = b[offset:offset + a.shape[0]]  # (M, d): each row's positive
-        s_ii = torch.cat([(a[r:r + 4096].to(acc) * pos[r:r + 4096].to(acc)).sum(1) for r in range(0, a.shape[0], 4096)])
+        s_ii = torch.cat([torch.einsum("md,md->m", a[r:r + 256].to(acc), pos[r:r + 256].to(acc))
+                          for r in range(0, a.shape[0], 256)])
         ctx.save_for_backward(a, b, scale, lse_row)
         ctx.args = (offset, chunk_size, backend)
         return (lse_row - scale.double() * s_ii.double()).to(acc)

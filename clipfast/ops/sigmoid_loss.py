@@ -91,7 +91,7 @@ def _sig_bwd_chunked(a, b, s, bias, c, offset, tiles):
             dbias += t.sum().to(torch.float64)
             gb[rows].addmm_(t, bc)
             db[c0:c0 + bc.shape[0]].addmm_(t.T, ar, alpha=c)
-        dscale += torch.einsum("md,md->", gb[rows].to(torch.float64), a_r.to(torch.float64))
+        dscale += torch.einsum("md,md->m", gb[rows], a_r).to(torch.float64).sum()  # per-row dots, fp64 sum
     return gb.mul_(s * c), db, dscale * c, dbias * c
 
 
