@@ -319,7 +319,10 @@ class Trainer:
                 n = getattr(args, "save_every_n_steps", 0)
                 if n and self.step % n == 0:
                     self.save()
-                if any_rank(self._stop.requested, self.device):
+                # Ranks agree on stopping at the same step; under a process group only every `every`
+                # steps (one tiny all-reduce and host sync each time).
+                check = not self.info.distributed or self.step % every == 0
+                if check and any_rank(self._stop.requested, self.device):
                     self._stop.signum = self._stop.signum or -1
                     return True
         finally:
