@@ -19,9 +19,12 @@ distributed modes in ``clipfast.distributed`` use rectangular ones):
   chunked path); each tile is computed ONCE and gives both the row and the column log-sum-exp, each
   shifted by its own tile maximum (exp(S − max) ≤ 1, and S − max is exact near the maximum, so no
   underflow or cancellation at any scale); partial LSEs merge in float64. One N²d matmul.
-* Backward: saved are only I, T, s and the two LSE vectors. Each tile is recomputed once, turned into
-  P (coefficients folded into the exponent: c·exp(S − lse) = exp(S − (lse − log c))) and used for
-  both dI += P·T and dT += Pᵀ·I. Three N²d matmuls: four in total, against six for OpenCLIP.
+* Backward: saved are only I, T, s and the two (float64) LSE vectors. Each tile is recomputed once and
+  turned into G = P − g/N·[diagonal] in place: exp(S − hi − lo) with the LSE split into fp32 hi + lo
+  (so S − lse is as exact as S itself, even at |S| ~ 100), coefficients equal to the common factor
+  not folded (a saturated softmax gives exactly 1 − 1 = 0 on the diagonal, as PyTorch's softmax −
+  one-hot), others folded into the exponent; then dI += G·T and dT += Gᵀ·I. Three N²d matmuls: four
+  in total, against six for OpenCLIP; d s = Σ_i I_i·(G·T)_i needs no extra matmul.
 * Extra memory: two tile buffers (2 · chunk² · 4 bytes) plus O(N) vectors; the gradients themselves
   are accumulated in place. The full-matrix oracle ``contrastive_loss_ref`` is for small N only.
 

@@ -109,3 +109,21 @@ def test_bad_inputs_name_the_argument(case, exc, match):
         i = i.to(torch.int32)
     with pytest.raises(exc, match=match):
         sigmoid_loss(i, t, s, b)
+
+
+def test_triton_backend_end_to_end(monkeypatch):
+    """With a Triton entry in OP_BACKENDS, the op runs clipfast.kernels.sigmoid_loss (interpreter on CPU)."""
+    pytest.importorskip("clipfast.kernels.sigmoid_loss")
+    from clipfast import backend
+
+    monkeypatch.setitem(backend.OP_BACKENDS, "sigmoid_loss", ("triton",))
+    monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
+    if backend.select("sigmoid_loss", torch.device("cpu")) != "triton":
+        pytest.skip("Triton interpreter not available")
+    i, t = _pairs(37, 64)
+    inputs = (i, t, torch.tensor(10.0), torch.tensor(-10.0))
+    ours = _grads(sigmoid_loss, inputs)
+    ref32 = _grads(sigmoid_loss_ref, inputs)
+    exact = _grads(sigmoid_loss_ref, inputs, torch.float64)
+    for name, o, r, e in zip(NAMES, ours, ref32, exact):
+        assert_matches_reference(o, r, e, name=name)
