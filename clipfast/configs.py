@@ -137,9 +137,11 @@ def check_supported(vision_cfg, text_cfg):
     _check(vision_cfg, _VISION_IMPLEMENTED, _VISION_VALUES, "vision_cfg")
     _check(text_cfg, _TEXT_IMPLEMENTED, _TEXT_VALUES, "text_cfg")
     if vision_cfg.is_resnet and len(vision_cfg.layers) != 4:
-        raise ValueError(f"vision_cfg.layers: expected an int (ViT) or 4 stage depths (ResNet), got {vision_cfg.layers!r}")
+        raise ValueError("vision_cfg.layers: expected an int (ViT) or 4 stage depths (ResNet), "
+                         f"got {vision_cfg.layers!r}")
     if not vision_cfg.is_resnet and vision_cfg.width % vision_cfg.head_width:
-        raise ValueError(f"vision_cfg.width={vision_cfg.width} must be a multiple of head_width={vision_cfg.head_width}")
+        raise ValueError(f"vision_cfg.width={vision_cfg.width} must be a multiple of "
+                         f"head_width={vision_cfg.head_width}")
     if text_cfg.width % text_cfg.heads:
         raise ValueError(f"text_cfg.width={text_cfg.width} must be a multiple of heads={text_cfg.heads}")
     if not 0.0 <= vision_cfg.patch_dropout < 1.0:

@@ -131,7 +131,8 @@ def create_model(model_name, pretrained=None, load_weights=True, precision="fp32
                 raise FileNotFoundError(f"no such checkpoint file: {path}")
             from clipfast.checkpoint import load_state_dict
 
-            result = target.load_state_dict(load_state_dict(path, device="cpu", weights_only=weights_only), strict=False)
+            state_dict = load_state_dict(path, device="cpu", weights_only=weights_only)
+            result = target.load_state_dict(state_dict, strict=False)
             logger.info("loaded tower weights from %s: %s", path, result)
     if require_pretrained and not loaded:
         raise RuntimeError(f"required pretrained weights (model_name={model_name!r}, pretrained={pretrained!r}) "

@@ -68,7 +68,8 @@ class CLIP(nn.Module):
         self.text_causal = not text_cfg.no_causal_mask
         self.token_embedding = nn.Embedding(text_cfg.vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(text_cfg.context_length, width))
-        self.transformer = Transformer(width, text_cfg.layers, text_cfg.heads, text_cfg.mlp_ratio, quick_gelu=quick_gelu)
+        self.transformer = Transformer(width, text_cfg.layers, text_cfg.heads, text_cfg.mlp_ratio,
+                                       quick_gelu=quick_gelu)
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
 
@@ -98,7 +99,8 @@ class CLIP(nn.Module):
         """Freeze the text tower except its last ``unlocked_layers`` groups: [token_embedding,
         positional_embedding], each block but the last, [last block, ln_final], [text_projection]."""
         if not freeze_layer_norm:
-            raise ValueError("freeze_layer_norm=False is not supported (as in OpenCLIP): LayerNorm is locked like other weights")
+            raise ValueError("freeze_layer_norm=False is not supported (as in OpenCLIP): "
+                             "LayerNorm is locked like other weights")
         blocks = list(self.transformer.resblocks)
         groups = [[self.token_embedding, self.positional_embedding], *[[b] for b in blocks[:-1]],
                   [blocks[-1], self.ln_final], [self.text_projection]]
@@ -139,7 +141,8 @@ class CLIP(nn.Module):
     def encode_text(self, text, normalize=False):
         """text ``(B, L)`` integer ids, ``L <= context_length`` -> ``(B, E)``; L2-normalized when ``normalize``."""
         if text.dim() != 2 or text.shape[1] > self.context_length:
-            raise ValueError(f"text: expected (B, L) token ids with L <= {self.context_length}, got {tuple(text.shape)}")
+            raise ValueError(f"text: expected (B, L) token ids with L <= {self.context_length}, "
+                             f"got {tuple(text.shape)}")
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(text).to(cast_dtype)  # (B, L, W)
         x = x + self.positional_embedding[: text.shape[1]].to(cast_dtype)

@@ -130,7 +130,8 @@ class Transformer(nn.Module):
         return self.resblocks[0].get_weight_dtype()
 
     def init_text_parameters(self):
-        """OpenAI/OpenCLIP's text-tower init: in_proj N(0, W^-1/2), out/c_proj N(0, W^-1/2 (2L)^-1/2), c_fc N(0, (2W)^-1/2)."""
+        """OpenAI/OpenCLIP's text-tower init: in_proj N(0, W^-1/2), out/c_proj N(0, W^-1/2 (2L)^-1/2),
+        c_fc N(0, (2W)^-1/2)."""
         proj_std = self.width ** -0.5 * (2 * self.layers) ** -0.5
         for block in self.resblocks:
             nn.init.normal_(block.attn.in_proj_weight, std=self.width ** -0.5)

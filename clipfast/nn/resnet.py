@@ -158,7 +158,8 @@ class ModifiedResNet(nn.Module):
         """Freeze every parameter (OpenCLIP supports no partial unlocking here); optionally freeze BN stats by
         swapping BatchNorm for torchvision's ``FrozenBatchNorm2d``, as OpenCLIP does."""
         if unlocked_groups != 0:
-            raise ValueError(f"unlocked_groups: partial locking is not supported for ModifiedResNet, got {unlocked_groups}")
+            raise ValueError("unlocked_groups: partial locking is not supported for ModifiedResNet, "
+                             f"got {unlocked_groups}")
         for p in self.parameters():
             p.requires_grad = False
         if freeze_bn_stats:

@@ -39,7 +39,8 @@ class PatchDropout(nn.Module):
         cls_tokens, x = x[:, :1], x[:, 1:]
         batch, num_tokens = x.shape[0], x.shape[1]
         keep = max(1, int(num_tokens * (1 - self.prob)))
-        noise = torch.randn(batch, num_tokens) if x.device.type == "cpu" else torch.randn(batch, num_tokens, device=x.device)
+        # CPU: the same draw as OpenCLIP (which samples on CPU whatever the device); elsewhere on the device.
+        noise = torch.randn(batch, num_tokens, device=x.device if x.device.type != "cpu" else None)
         idx = noise.topk(keep, dim=-1).indices.to(x.device)
         x = x[torch.arange(batch, device=x.device)[:, None], idx]
         return torch.cat((cls_tokens, x), dim=1)

@@ -1,8 +1,8 @@
 """Layer norm over the last dimension, computed in fp32 and cast back to the input dtype.
 
 Math: ``y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` (biased variance), all in fp32 (fp64 for fp64
-inputs) whatever the dtypes of x, weight and bias; ``y`` is returned in ``x.dtype``. This is OpenAI CLIP's ``LayerNorm`` and
-OpenCLIP's ``LayerNormFp32``; for fp32 inputs it equals ``F.layer_norm``.
+inputs) whatever the dtypes of x, weight and bias; ``y`` is returned in ``x.dtype``.
+This is OpenAI CLIP's ``LayerNorm`` and OpenCLIP's ``LayerNormFp32``; for fp32 inputs it equals ``F.layer_norm``.
 """
 import torch
 import torch.nn.functional as F
