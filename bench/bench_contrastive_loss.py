@@ -140,7 +140,7 @@ def test_contrastive_loss_fwd_bwd(benchmark, provider, n):
 def _sweep(args):
     rows = []
     providers = args.providers.split(",")
-    for n in FULL_NS + CLIPFAST_ONLY_NS:
+    for n in ([int(v) for v in args.ns.split(",")] if args.ns else FULL_NS + CLIPFAST_ONLY_NS):
         for p in providers:
             limit = args.clipfast_max_n if p == "clipfast" else args.max_n
             if n > limit:
@@ -162,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--max-n", type=int, default=32768, help="largest N for open_clip / naive")
     ap.add_argument("--clipfast-max-n", type=int, default=262144)
+    ap.add_argument("--ns", default=None, help="comma-separated N list for --sweep (default: all)")
     ap.add_argument("--d", type=int, default=D)
     ap.add_argument("--out", default=None, help="write the sweep's results as JSON here")
     args = ap.parse_args(argv)

@@ -44,9 +44,10 @@ __all__ = ["contrastive_loss", "contrastive_loss_ref", "lse_block", "lse_block_f
            "row_cross_entropy", "local_contrastive_loss"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: chunked path only
-# Default tile of the chunked path: rows × columns of S per step (2 buffers of 4 MiB each).
-_TILE_M = 1024
-_TILE_N = 1024
+# Default tile of the chunked path: rows × columns of S per step (2 buffers of 16 MiB each). On 2 CPU
+# cores 1024…2048 tiles run the matmuls at the same speed; the larger one issues 4× fewer ops.
+_TILE_M = 2048
+_TILE_N = 2048
 
 
 def contrastive_loss_ref(image_features, text_features, logit_scale):
@@ -249,7 +250,7 @@ def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles)
                 _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
             pb[rows].addmm_(t, bc)
             db[cols].addmm_(t.T, ar, alpha=f)  # s·Gᵀ·a (ar carries s)
-        dscale += torch.einsum("md,md->m", pb[rows], a_r).to(torch.float64).sum()  # per-row dots, fp64 sum
+        dscale += rowdot_sum(pb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
     return pb.mul_(s * f), db, dscale * f
 
 
@@ -263,7 +264,7 @@ def lse_block_fwd(a, b, scale, *, want_row=True, want_col=True, chunk_size=None,
         a: (M, d), b: (N, d) features, float32/float16/bfloat16, same dtype and device.
         scale: 0-d tensor s (not differentiated here).
         want_row / want_col: skip a direction (returned as None) on the chunked path.
-        chunk_size: tile edge of the chunked path (default 1024); ignored by Triton.
+        chunk_size: tile edge of the chunked path (default 2048); ignored by Triton.
         backend: "triton" or "reference"; None → ``clipfast.backend.select``.
     Returns:
         (lse_row (M,), lse_col (N,)) float32, each or None.
@@ -479,7 +480,7 @@ def contrastive_loss(image_features, text_features, logit_scale, *, chunk_size=N
         text_features: (N, d), same dtype and device; row i is image i's positive.
         logit_scale: 0-d (or 1-element) tensor s, ALREADY exponentiated (``model.logit_scale.exp()``),
             or a number; must be finite.
-        chunk_size: tile edge of the chunked path (rows and columns of S per step; default 1024).
+        chunk_size: tile edge of the chunked path (rows and columns of S per step; default 2048).
             Smaller uses less memory; results agree to rounding. Ignored by the Triton backend.
     Returns:
         0-d fp32 loss; gradients flow to both feature tensors (in their dtype) and to logit_scale.

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from clipfast import backend as _backend
-from clipfast.ops.contrastive_loss import _acc_dtype, _check_chunk, _check_features, check_scale
+from clipfast.ops.contrastive_loss import _acc_dtype, _check_chunk, _check_features, check_scale, rowdot_sum
 
 __all__ = ["sigmoid_loss", "sigmoid_loss_ref", "sigmoid_block_fwd", "sigmoid_block_bwd"]
 
@@ -91,7 +91,7 @@ def _sig_bwd_chunked(a, b, s, bias, c, offset, tiles):
             dbias += t.sum().to(torch.float64)
             gb[rows].addmm_(t, bc)
             db[c0:c0 + bc.shape[0]].addmm_(t.T, ar, alpha=c)
-        dscale += torch.einsum("md,md->m", gb[rows], a_r).to(torch.float64).sum()  # per-row dots, fp64 sum
+        dscale += rowdot_sum(gb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
     return gb.mul_(s * c), db, dscale * c, dbias * c
 
 
@@ -162,7 +162,7 @@ def sigmoid_loss(image_features, text_features, logit_scale, logit_bias, *, chun
         text_features: (N, d), same dtype/device; row i is image i's positive.
         logit_scale: 0-d tensor s, ALREADY exponentiated, or a number; finite.
         logit_bias: 0-d tensor b or a number; finite.
-        chunk_size: tile edge of the chunked path (default 1024); ignored by Triton.
+        chunk_size: tile edge of the chunked path (default 2048); ignored by Triton.
     Returns:
         0-d fp32 loss (fp64 for fp64 inputs) = OpenCLIP ``SigLipLoss`` on one device; gradients flow
         to both features, logit_scale and logit_bias.
