@@ -246,3 +246,14 @@ def test_user_open_clip_training_loop_runs_unchanged():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_default_backends_inside_the_model(monkeypatch):
+    """The model with whatever backend each op selects here (Triton kernels through the interpreter on CPU)."""
+    monkeypatch.delenv("CLIPFAST_BACKEND", raising=False)
+    ref, ours = make_pair("tiny-vit-quickgelu")
+    image, text = make_inputs(ours, 2)
+    loss_fn = open_clip.ClipLoss()
+    for m in (ref, ours):
+        loss_fn(*m(image, text)).backward()
+    _grad_compare(ref, ours, rtol=1e-4)
