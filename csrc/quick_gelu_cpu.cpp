@@ -19,6 +19,12 @@
 
 #include "quick_gelu.cuh"
 
+// With torch's OpenMP backend, at::parallel_for is a header-inlined `#pragma omp parallel`: it runs on one
+// thread unless this file is compiled and linked with -fopenmp (the process then shares torch's libgomp).
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#pragma message("clipfast: quick_gelu_cpu.cpp built without -fopenmp; its at::parallel_for loops run serially")
+#endif
+
 namespace clipfast {
 
 void check_quick_gelu_args(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& bias,
