@@ -4,3 +4,4 @@ from clipfast.nn.attention import Attention, ResidualAttentionBlock, Transformer
 from clipfast.nn.layer_norm import LayerNorm  # noqa: E402
 from clipfast.nn.resnet import AttentionPool2d, Bottleneck, ModifiedResNet  # noqa: E402
 from clipfast.nn.vision import PatchDropout, VisionTransformer  # noqa: E402
+from clipfast.nn.quick_gelu import LinearQuickGELU, QuickGELU  # noqa: E402
