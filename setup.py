@@ -55,11 +55,17 @@ def extensions():
     if not sources["CPP"]:
         print("clipfast: no C++ sources in csrc/ -> pure-Python install")
         return [], {}
-    cxx_flags = ["-O3"]  # torch.utils.cpp_extension picks the C++ standard torch needs
+    # torch.utils.cpp_extension picks the C++ standard torch needs. at::parallel_for is inlined into our
+    # CPU kernels and only runs in parallel when they are compiled with OpenMP (torch's ATen backend);
+    # linking -fopenmp resolves to the libgomp that torch already loads.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     home, reason = cuda_toolkit()
     if home is None:
         print(f"clipfast: building the CPU extension only; CUDA skipped: {reason}")
-        ext = cpp_extension.CppExtension("clipfast._C", sources["CPP"], extra_compile_args={"cxx": cxx_flags})
+        ext = cpp_extension.CppExtension(
+            "clipfast._C", sources["CPP"], extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+        )
     else:
         os.environ["CUDA_HOME"] = home
         cpp_extension.CUDA_HOME = home
@@ -70,6 +76,7 @@ def extensions():
             sources["CPP"] + sources["CUDA"],
             define_macros=[("CLIPFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
         )
     build = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": build}
@@ -77,9 +84,9 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels"],
+    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels", "clipfast.model_configs"],
     package_dir={"clipfast.kernels": "kernels"},
-    package_data={"clipfast": ["*.txt.gz", "*.md", "model_configs/*.json"]},
+    package_data={"clipfast": ["*.txt.gz", "*.md"], "clipfast.model_configs": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -25,7 +25,7 @@ BACKENDS = ("reference", "triton", "cuda")
 OP_BACKENDS = {
     "quick_gelu": ("triton", "cuda"),
     "contrastive_loss": ("triton",),
-    "sigmoid_loss": (),
+    "sigmoid_loss": ("triton",),
     "attention": (),
     "attention_pool": (),
     "layer_norm": (),

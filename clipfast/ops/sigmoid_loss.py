@@ -16,8 +16,7 @@ once and applies it to both dI and dT (σ(−x) on the positives, again exact). 
 three backward; memory two tiles plus O(N). A block may also be rectangular with its positives at
 (i, i + k) or have none: the distributed modes (``clipfast.distributed``) use that.
 
-Backends: ``triton`` (``clipfast.kernels.sigmoid_loss``, when it exists and ``clipfast.backend`` lists
-it) or ``reference`` (the chunked PyTorch path, fp32 math on any device; fp64 inputs stay fp64).
+Backends (``clipfast.backend``): ``triton`` (``clipfast.kernels.sigmoid_loss``) or ``reference`` (the chunked PyTorch path, fp32 math on any device; fp64 inputs stay fp64).
 """
 import torch
 import torch.nn.functional as F
@@ -40,8 +39,7 @@ def sigmoid_loss_ref(image_features, text_features, logit_scale, logit_bias):
 
 
 def _select(device):
-    op = "sigmoid_loss"
-    return _backend.select(op, device) if op in _backend.OP_BACKENDS else "reference"
+    return _backend.select("sigmoid_loss", device)
 
 
 def _sig_fwd_chunked(a, b, s, bias, offset, tiles):
