@@ -99,6 +99,16 @@ def select(op, device):
     return "reference"
 
 
+def describe(backend, device):
+    """Say where ``backend`` runs for tensors on ``device`` ("cuda" on CPU tensors is _C's C++ kernel)."""
+    kind = torch.device(device).type
+    if backend == "cuda":
+        return "cuda (clipfast._C, C++ CPU kernel)" if kind == "cpu" else "cuda (clipfast._C)"
+    if backend == "triton" and kind == "cpu":
+        return "triton (interpreter)"
+    return backend
+
+
 def explain(op, device):
     """Map each backend to "available" or the reason ``op`` can't use it on ``device``."""
     device = _check(op, device)

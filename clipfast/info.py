@@ -44,7 +44,7 @@ def report(device):
             chosen = backend.select(op, device)
         except RuntimeError as exc:
             chosen = f"error: {exc}"
-        lines.append(f"  {op:<{width}}  -> {chosen}")
+        lines.append(f"  {op:<{width}}  -> {backend.describe(chosen, device)}")
         for name, why in backend.explain(op, device).items():
             if name != chosen:
                 lines.append(f"  {'':<{width}}     {name}: {why}")

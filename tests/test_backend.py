@@ -64,3 +64,10 @@ def test_info_runs():
     for op in backend.OP_BACKENDS:
         assert op in out
     assert "torch" in out and "extension clipfast._C" in out
+
+
+def test_describe_says_where_the_cuda_backend_runs():
+    assert backend.describe("cuda", CPU) == "cuda (clipfast._C, C++ CPU kernel)"
+    assert backend.describe("cuda", torch.device("cuda")) == "cuda (clipfast._C)"
+    assert backend.describe("triton", CPU) == "triton (interpreter)"
+    assert backend.describe("reference", CPU) == "reference"

@@ -139,7 +139,8 @@ def _train(args, info) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     from clipfast import backend
 
-    backends = ", ".join(f"{op}={backend.select(op, info.device)}" for op in backend.OP_BACKENDS)
+    backends = ", ".join(f"{op}={backend.describe(backend.select(op, info.device), info.device)}"
+                         for op in backend.OP_BACKENDS)
     log.info("training %s (%.2fM params, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model, n_params / 1e6,
              args.precision, trainer.total_steps, info.world_size, info.device, backends, run_dir)
     summary = trainer.fit()
