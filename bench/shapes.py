@@ -28,7 +28,7 @@ MODEL = {
 # train_step: (model config name, per-step batch, context length) for bench_train_step.py — one full optimizer
 # step (forward, loss, backward, clip, AdamW, logit_scale clamp). "demo" is what `make demo` trains.
 TRAIN_STEP = {
-    "demo": ("tiny-vit", 128, 16),
+    "demo": ("demo-vit", 128, 16),
     "vit_b32": ("ViT-B-32", 8, 77),
 } if not ON_GPU else {
     "vit_b32": ("ViT-B-32", 256, 77),

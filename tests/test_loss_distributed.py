@@ -1,6 +1,8 @@
 """Distributed losses on gloo (2 and 4 processes): every mode equals the single-process loss on the
 concatenated batch, with gradients after DDP-style averaging (features: local grad / P; logit_scale and
-logit_bias: mean over ranks) matching to 1e-5 relative (fp32); OpenCLIP's flag combinations give the
+logit_bias: mean over ranks) matching to 1e-5 relative (fp32) — or, where fp32 cannot reach that (d logit_scale
+is a sum that cancels to ~1e-4 of its terms), as close as twice the single-process fp32 loss's own error
+against float64 (flash-attention's rule, as in tests/numerics.py); OpenCLIP's flag combinations give the
 same gradients as OpenCLIP's own ClipLoss / SigLipLoss on the same ranks.
 
 One spawn per world size covers all modes and both losses (spawning dominates the time).
@@ -40,25 +42,34 @@ def _grads(fn, inputs):
     return [loss.detach()] + [v.grad for v in x]
 
 
-def _rel_close(got, want, what, rtol=1e-5):
-    err = (got.double() - want.double()).abs().max().item()
+def _max_err(got, want):
+    return (got.double() - want.double()).abs().max().item()
+
+
+def _rel_close(got, want, what, rtol=1e-5, single32=None):
+    """max|got − want| ≤ rtol·max|want|, or ≤ 2·max|single32 − want| (single32: the fp32 single-process value)."""
+    err = _max_err(got, want)
     ref = max(want.double().abs().max().item(), 1e-30)
-    assert err <= rtol * ref, f"{what}: max |diff| {err:.3e} > {rtol:.0e} x max |ref| {ref:.3e}"
+    fp32_err = 0.0 if single32 is None else _max_err(single32, want)
+    assert err <= max(rtol * ref, 2 * fp32_err), (
+        f"{what}: max |diff| {err:.3e} > {rtol:.0e} x max |ref| {ref:.3e} and > 2 x single-process fp32's {fp32_err:.3e}")
 
 
-def _check_ddp(rank, world, local, single, what):
-    """Average like DDP and compare with the single-process run on the whole batch."""
+def _check_ddp(rank, world, local, single, single32, what):
+    """Average like DDP and compare with the single-process run on the whole batch (float64 ``single``,
+    float32 ``single32``)."""
     loss, gi, gt, *gs = local
     loss_avg = loss.clone()
     dist.all_reduce(loss_avg)
-    _rel_close(loss_avg / world, single[0], f"{what}: mean loss")
+    _rel_close(loss_avg / world, single[0], f"{what}: mean loss", single32=single32[0])
     rows = slice(rank * B, (rank + 1) * B)
-    _rel_close(gi / world, single[1][rows], f"{what}: d image_features")
-    _rel_close(gt / world, single[2][rows], f"{what}: d text_features")
+    _rel_close(gi / world, single[1][rows], f"{what}: d image_features", single32=single32[1][rows])
+    _rel_close(gt / world, single[2][rows], f"{what}: d text_features", single32=single32[2][rows])
     for k, g in enumerate(gs):  # replicated parameters: DDP sums and divides by P
         g = g.clone()
         dist.all_reduce(g)
-        _rel_close(g / world, single[3 + k], f"{what}: d {'logit_scale' if k == 0 else 'logit_bias'}")
+        _rel_close(g / world, single[3 + k], f"{what}: d {'logit_scale' if k == 0 else 'logit_bias'}",
+                   single32=single32[3 + k])
 
 
 def _worker(rank, world, port, errors):
@@ -76,6 +87,8 @@ def _worker(rank, world, port, errors):
         # The single-process oracle on the concatenated batch, in float64.
         single_clip = _grads(lambda *x: clipfast.ClipLoss()(*x), [v.double() for v in (i, t, s)])
         single_sig = _grads(lambda *x: clipfast.SigLipLoss()(*x), [v.double() for v in (i, t, s, bias)])
+        single_clip32 = _grads(lambda *x: clipfast.ClipLoss()(*x), [i, t, s])
+        single_sig32 = _grads(lambda *x: clipfast.SigLipLoss()(*x), [i, t, s, bias])
         kw = dict(rank=rank, world_size=world)
         # Modes whose DDP-averaged gradients equal the single-process ones.
         cases = [
@@ -87,7 +100,7 @@ def _worker(rank, world, port, errors):
         for what, make, sig in cases:
             inputs = (li, lt, s, bias) if sig else (li, lt, s)
             local = _grads(lambda *x: make()(*x), inputs)
-            _check_ddp(rank, world, local, single_sig if sig else single_clip, what)
+            _check_ddp(rank, world, local, *((single_sig, single_sig32) if sig else (single_clip, single_clip32)), what)
         # OpenCLIP's flag combinations: same loss and gradients as OpenCLIP's own module, rank by rank.
         for flags in [(False, False), (False, True), (True, False), (True, True)]:
             ours = _grads(lambda *x: clipfast.ClipLoss(*flags, chunk_size=CHUNK, **kw)(*x), (li, lt, s))
