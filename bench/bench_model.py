@@ -10,8 +10,16 @@ CPU-sized batch here; ``CLIPFAST_BENCH_BATCH=32`` overrides the batch). Text: ra
 ``peak_mb`` (CUDA: the caching allocator's peak during one call).
 
 Run: ``pytest bench/bench_model.py --benchmark-only --benchmark-group-by=param:shape,param:mode``.
+
+pytest-benchmark times one provider after the other, so slow drift of a shared CPU (thermal, other jobs)
+lands on one side. For a ratio, interleave the providers step by step:
+
+    python bench/bench_model.py --batch 32 --rounds 7          # fwd_bwd, ViT-B-32 and RN50, median ratio
 """
+import argparse
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -101,3 +109,40 @@ def test_model(timed, benchmark, provider, shape, mode):
     benchmark.extra_info["batch"] = batch
     timed(fn)
     benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.mean
+
+
+def interleaved(configs, batch, rounds, mode="fwd_bwd"):
+    """Median seconds per step of each provider, timing clipfast and open_clip alternately after a warm-up
+    step each. Returns {config: {provider: median_s}}."""
+    results = {}
+    for config in configs:
+        pair = _models(config)
+        fns = {name: _step_fn(model, mode, *_inputs(model, batch)) for name, model in pair.items()}
+        times = {name: [] for name in fns}
+        for fn in fns.values():
+            fn()
+        for r in range(rounds):
+            for name in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1]):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
+        results[config] = {name: statistics.median(t) for name, t in times.items()}
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="clipfast vs open_clip training step, interleaved (CPU ratios)")
+    parser.add_argument("--configs", default="ViT-B-32,RN50")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--mode", choices=MODES, default="fwd_bwd")
+    args = parser.parse_args(argv)
+    results = interleaved(args.configs.split(","), args.batch, args.rounds, args.mode)
+    for config, t in results.items():
+        print(f"{config} {args.mode} batch {args.batch} on {DEVICE} ({torch.get_num_threads()} threads): "
+              f"clipfast {args.batch / t['clipfast']:.2f} samples/s, open_clip {args.batch / t['open_clip']:.2f}"
+              f" samples/s, ratio {t['open_clip'] / t['clipfast']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
