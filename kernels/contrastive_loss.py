@@ -61,6 +61,7 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._tiles import accumulate_tile_grads, dot_tile
 
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
@@ -95,16 +96,8 @@ def _contrastive_loss_fwd_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_n < N
         b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, D, BLOCK_D):  # S tile = a[rows] · b[cols]ᵀ, d in BLOCK_D chunks
-            dk = k + offs_d
-            d_valid = dk < D
-            a = tl.load(a_rows + dk[None, :], mask=row_valid[:, None] & d_valid[None, :], other=0.0)
-            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
+                       BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         s2 = acc * scale2
         # Rows: online max over the column tiles (every tile has ≥ 1 valid column, so m_new is finite).
         s_r = tl.where(col_valid[None, :], s2, float("-inf"))
@@ -183,16 +176,8 @@ def _contrastive_loss_bwd_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_n < N
         b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, D, BLOCK_D):  # S tile = a[rows] · b[cols]ᵀ, d in BLOCK_D chunks
-            dk = k + offs_d
-            d_valid = dk < D
-            a = tl.load(a_rows + dk[None, :], mask=row_valid[:, None] & d_valid[None, :], other=0.0)
-            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
+                       BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         s2 = acc * scale2
         lc2 = tl.load(lse_col_ptr + offs_n, mask=col_valid, other=float("inf")).to(tl.float32) * LOG2E
         cc = tl.load(coef_col_ptr + offs_n, mask=col_valid, other=0.0).to(tl.float32) * (inv_norm * scale)
@@ -200,23 +185,8 @@ def _contrastive_loss_bwd_kernel(
         p = cr[:, None] * tl.exp2(s2 - lr2[:, None]) + cc[None, :] * tl.exp2(s2 - lc2[None, :])
         if not UPCAST:
             p = p.to(a_ptr.dtype.element_ty)
-        for k in range(0, D, BLOCK_D):
-            dk = k + offs_d
-            d_valid = dk < D
-            b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
-            if UPCAST:
-                b = b.to(tl.float32)
-            da_mask = row_valid[:, None] & d_valid[None, :]
-            da = tl.load(da_rows + dk[None, :], mask=da_mask, other=0.0)
-            da = tl.dot(p, b, da, input_precision=INPUT_PRECISION)
-            tl.store(da_rows + dk[None, :], da, mask=da_mask)
-            if ATOMIC_DB:
-                a = tl.load(a_rows + dk[None, :], mask=da_mask, other=0.0)
-                if UPCAST:
-                    a = a.to(tl.float32)
-                ddb = tl.dot(tl.trans(p), a, input_precision=INPUT_PRECISION)
-                db_ptrs = db_ptr + offs_n.to(tl.int64)[:, None] * D + dk[None, :]
-                tl.atomic_add(db_ptrs, ddb, mask=col_valid[:, None] & d_valid[None, :], sem="relaxed")
+        accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
+                              BLOCK_D, ATOMIC_DB, UPCAST, INPUT_PRECISION)
         # The next tile re-reads da rows other threads of this program stored.
         tl.debug_barrier()
 

@@ -1,0 +1,52 @@
+"""Tile building blocks shared by the logit-tile kernels (``contrastive_loss``, ``sigmoid_loss``).
+
+Both losses walk (BLOCK_M × BLOCK_N) tiles of a·bᵀ with d looped in BLOCK_D chunks; these ``@triton.jit``
+helpers are inlined into their kernels. Every load and store is masked (rows, columns and the d tail).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) fp32 tile a[rows] · b[cols]ᵀ; ``a_rows``/``b_rows`` point at each row's start
+    ((BLOCK, 1) pointers, unit stride along d). UPCAST: operands to fp32 after loading (interpreter)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, D, BLOCK_D):
+        dk = k + offs_d
+        d_valid = dk < D
+        a = tl.load(a_rows + dk[None, :], mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+        b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
+                          BLOCK_D: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr,
+                          INPUT_PRECISION: tl.constexpr):
+    """da[rows] += p · b[cols] (fp32 rows this program owns: read-modify-write) and, with ATOMIC_DB,
+    db[cols] += pᵀ · a[rows] by fp32 atomics; d in BLOCK_D chunks. p: (BLOCK_M, BLOCK_N) tile of the
+    loss's dS; db is (N, D) contiguous."""
+    for k in range(0, D, BLOCK_D):
+        dk = k + offs_d
+        d_valid = dk < D
+        b = tl.load(b_rows + dk[None, :], mask=col_valid[:, None] & d_valid[None, :], other=0.0)
+        if UPCAST:
+            b = b.to(tl.float32)
+        da_mask = row_valid[:, None] & d_valid[None, :]
+        da = tl.load(da_rows + dk[None, :], mask=da_mask, other=0.0)
+        da = tl.dot(p, b, da, input_precision=INPUT_PRECISION)
+        tl.store(da_rows + dk[None, :], da, mask=da_mask)
+        if ATOMIC_DB:
+            a = tl.load(a_rows + dk[None, :], mask=da_mask, other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+            ddb = tl.dot(tl.trans(p), a, input_precision=INPUT_PRECISION)
+            db_ptrs = db_ptr + offs_n.to(tl.int64)[:, None] * D + dk[None, :]
+            tl.atomic_add(db_ptrs, ddb, mask=col_valid[:, None] & d_valid[None, :], sem="relaxed")
