@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -56,10 +57,12 @@ def extensions():
         print("clipfast: no C++ sources in csrc/ -> pure-Python install")
         return [], {}
     # torch.utils.cpp_extension picks the C++ standard torch needs. at::parallel_for is inlined into our
-    # CPU kernels and only runs in parallel when they are compiled with OpenMP (torch's ATen backend);
-    # linking -fopenmp resolves to the libgomp that torch already loads.
-    cxx_flags = ["-O3", "-fopenmp"]
-    link_flags = ["-fopenmp"]
+    # CPU kernels and only runs in parallel when they are compiled with OpenMP, like torch itself (Linux
+    # wheels); the extension then shares the libgomp torch has loaded. Apple clang has no -fopenmp.
+    import torch
+
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform != "darwin" else []
+    cxx_flags, link_flags = ["-O3"] + openmp, openmp
     home, reason = cuda_toolkit()
     if home is None:
         print(f"clipfast: building the CPU extension only; CUDA skipped: {reason}")

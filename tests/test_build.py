@@ -43,3 +43,14 @@ def test_extension_carries_sm80_and_sm90_code():
     assert archs is not None, "cuobjdump not found"
     assert {"sm_80", "sm_90"} <= set(archs), archs
     assert torch._C._dispatch_has_kernel_for_dispatch_key("clipfast::quick_gelu_fwd", "CUDA")
+
+
+@pytest.mark.skipif(not EXTENSION_EXPECTED or not torch.backends.openmp.is_available(),
+                    reason="torch without OpenMP: at::parallel_for uses its own thread pool")
+def test_cpu_kernels_are_built_with_openmp():
+    """With torch's OpenMP backend, at::parallel_for only runs in parallel in code compiled with -fopenmp:
+    the extension must call into libgomp (GOMP_parallel)."""
+    ext = _extension.load()
+    assert ext is not None, _extension.load_error()
+    with open(ext.__file__, "rb") as f:
+        assert b"GOMP_parallel" in f.read(), "clipfast._C was built without -fopenmp: its CPU kernels run serially"

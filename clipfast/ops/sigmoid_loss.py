@@ -16,7 +16,8 @@ once and applies it to both dI and dT (σ(−x) on the positives, again exact). 
 three backward; memory two tiles plus O(N). A block may also be rectangular with its positives at
 (i, i + k) or have none: the distributed modes (``clipfast.distributed``) use that.
 
-Backends (``clipfast.backend``): ``triton`` (``clipfast.kernels.sigmoid_loss``) or ``reference`` (the chunked PyTorch path, fp32 math on any device; fp64 inputs stay fp64).
+Backends (``clipfast.backend``): ``triton`` (``clipfast.kernels.sigmoid_loss``) or ``reference`` (the chunked
+PyTorch path, fp32 math on any device; fp64 inputs stay fp64).
 """
 import torch
 import torch.nn.functional as F
