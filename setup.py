@@ -87,7 +87,8 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels", "clipfast.model_configs"],
+    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels",
+              "clipfast.model_configs"],
     package_dir={"clipfast.kernels": "kernels"},
     package_data={"clipfast": ["*.txt.gz", "*.md"], "clipfast.model_configs": ["*.json"]},
     ext_modules=ext_modules,

@@ -47,12 +47,13 @@ def _max_err(got, want):
 
 
 def _rel_close(got, want, what, rtol=1e-5, single32=None):
-    """max|got − want| ≤ rtol·max|want|, or ≤ 2·max|single32 − want| (single32: the fp32 single-process value)."""
+    """max|got − want| ≤ rtol·max|want|, or ≤ 2·max|single32 − want| (single32: fp32 single-process value)."""
     err = _max_err(got, want)
     ref = max(want.double().abs().max().item(), 1e-30)
     fp32_err = 0.0 if single32 is None else _max_err(single32, want)
     assert err <= max(rtol * ref, 2 * fp32_err), (
-        f"{what}: max |diff| {err:.3e} > {rtol:.0e} x max |ref| {ref:.3e} and > 2 x single-process fp32's {fp32_err:.3e}")
+        f"{what}: max |diff| {err:.3e} > {rtol:.0e} x max |ref| {ref:.3e} "
+        f"and > 2 x single-process fp32's {fp32_err:.3e}")
 
 
 def _check_ddp(rank, world, local, single, single32, what):
@@ -100,7 +101,8 @@ def _worker(rank, world, port, errors):
         for what, make, sig in cases:
             inputs = (li, lt, s, bias) if sig else (li, lt, s)
             local = _grads(lambda *x: make()(*x), inputs)
-            _check_ddp(rank, world, local, *((single_sig, single_sig32) if sig else (single_clip, single_clip32)), what)
+            oracles = (single_sig, single_sig32) if sig else (single_clip, single_clip32)
+            _check_ddp(rank, world, local, *oracles, what)
         # OpenCLIP's flag combinations: same loss and gradients as OpenCLIP's own module, rank by rank.
         for flags in [(False, False), (False, True), (True, False), (True, True)]:
             ours = _grads(lambda *x: clipfast.ClipLoss(*flags, chunk_size=CHUNK, **kw)(*x), (li, lt, s))
