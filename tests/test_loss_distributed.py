@@ -9,6 +9,7 @@ One spawn per world size covers all modes and both losses (spawning dominates th
 """
 import os
 import socket
+import sys
 import traceback
 
 import pytest
@@ -16,6 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+import clipfast
+from clipfast.train.distributed import cleanup
+
+# Everything a worker needs is imported here, before any process group exists (architecture.md: a gloo
+# thread still alive at interpreter exit aborts the worker).
+open_clip = pytest.importorskip("open_clip")
 
 B, D = 12, 24  # per-rank batch, feature size
 CHUNK = 5  # small tiles: several per block, ragged edges
@@ -78,10 +86,6 @@ def _worker(rank, world, port, errors):
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        import open_clip
-
-        import clipfast
-
         i, t, s, bias = _batch(world)
         rows = slice(rank * B, (rank + 1) * B)
         li, lt = i[rows], t[rows]
@@ -122,13 +126,16 @@ def _worker(rank, world, port, errors):
     except Exception:  # noqa: BLE001 - reported to the parent with the traceback
         errors.put(f"rank {rank}: {traceback.format_exc()}")
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # Results are in the queue (a SimpleQueue writes synchronously); leave without interpreter
+        # finalisation, where a late gloo thread could still abort the process.
+        cleanup()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_distributed_modes_match_single_process(world):
-    pytest.importorskip("open_clip")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     ctx = mp.get_context("spawn")

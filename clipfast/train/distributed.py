@@ -6,6 +6,7 @@ torch.distributed.run``); the env vars it sets (``RANK``, ``WORLD_SIZE``, ``LOCA
 ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` work too when ``MASTER_ADDR``/``MASTER_PORT`` are set.
 """
 import dataclasses
+import gc
 import logging
 import os
 
@@ -70,8 +71,16 @@ def init_distributed(device: str = "auto", backend: "str | None" = None) -> Dist
 
 
 def cleanup() -> None:
+    """Destroy the process group and free its finished work objects now, while the interpreter is alive.
+
+    A gloo worker thread that frees the last reference to a finished collective's work during interpreter
+    finalisation needs the GIL, is ended by ``pthread_exit`` inside a ``noexcept`` destructor and aborts the
+    process (``terminate called without an active exception``, SIGABRT) — measured 9 runs in 20 with a
+    torch-only script; 0 in 20 with this ``gc.collect()`` after ``destroy_process_group()``.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def shard_modules(model: torch.nn.Module) -> list:
