@@ -196,6 +196,25 @@ def test_triton_backend_end_to_end(monkeypatch):
     _check(i, t, 1 / 0.07)
 
 
+def test_triton_backend_scale_zero(monkeypatch):
+    """logit_scale = 0 (S = 0, uniform softmax): finite d(scale) on the Triton path (issue 9: d(scale)
+    was da·a / s = 0/0 = NaN), equal to the oracle's, and the reference path agrees."""
+    from clipfast import backend
+
+    i, t = _pairs(19, 32, torch.float32)
+    for name in ("triton", "reference"):
+        monkeypatch.setenv("CLIPFAST_BACKEND", name)
+        if backend.select("contrastive_loss", torch.device("cpu")) != name:
+            pytest.skip("Triton interpreter not available")
+        loss, gi, gt, gs = _ours(i, t, 0.0)
+        e_loss, e_gi, e_gt, e_gs = _exact(i, t, 0.0)
+        assert torch.isfinite(gs), f"{name}: d logit_scale = {gs}"
+        assert_close(loss, e_loss, dtype=torch.float32, name=f"{name} loss")
+        assert_close(gs * 19, e_gs, dtype=torch.float32, name=f"{name} d logit_scale")
+        assert_close(gi * 19, e_gi, dtype=torch.float32, name=f"{name} d image_features")
+        assert_close(gt * 19, e_gt, dtype=torch.float32, name=f"{name} d text_features")
+
+
 def test_forward_without_grad_and_float_scale():
     i, t = _pairs(20, 16, torch.float32)
     with torch.no_grad():
