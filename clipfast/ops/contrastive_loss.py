@@ -94,7 +94,9 @@ def _check_features(image_features, text_features, *, square=True, names=("image
 def check_scale(logit_scale, device, name="logit_scale"):
     """Validate ``logit_scale`` (a finite 1-element tensor or number) and return it as a 0-d fp32 tensor.
 
-    Reads the value once (one host sync on GPU) to reject non-finite scales.
+    No host synchronisation: a CPU value is checked on the host (a ValueError); on a GPU the check is
+    an asynchronous device-side assert (``torch._assert_async``: a non-finite scale fails the next
+    synchronising call with "expected a finite value"); under ``torch.compile`` it is skipped.
     """
     if isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
         logit_scale = torch.tensor(float(logit_scale), device=device)
@@ -107,8 +109,14 @@ def check_scale(logit_scale, device, name="logit_scale"):
         raise TypeError(f"{name}: expected a floating-point tensor, got {logit_scale.dtype}")
     if logit_scale.device != device:
         raise ValueError(f"{name}: expected device {device} (same as the features), got {logit_scale.device}")
-    if not math.isfinite(float(logit_scale.detach())):
-        raise ValueError(f"{name}: expected a finite value, got {float(logit_scale.detach())}")
+    value = logit_scale.detach()
+    if torch.compiler.is_compiling() or value.device.type == "meta":
+        pass
+    elif value.device.type == "cpu":
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name}: expected a finite value, got {float(value)}")
+    else:
+        torch._assert_async(torch.isfinite(value).all(), f"{name}: expected a finite value")
     return logit_scale.reshape(())
 
 
