@@ -87,7 +87,7 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels",
+    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.optim", "clipfast.train", "clipfast.kernels",
               "clipfast.model_configs"],
     package_dir={"clipfast.kernels": "kernels"},
     package_data={"clipfast": ["*.txt.gz", "*.md"], "clipfast.model_configs": ["*.json"]},
