@@ -23,12 +23,13 @@
 #include <string.h>
 #include <math.h>
 
-#ifndef CLIPFAST_HD
+// Always inlined on the host too: the CPU loops only vectorize with the whole element step inlined.
 #ifdef __CUDACC__
-#define CLIPFAST_HD __host__ __device__ __forceinline__
+#define CLIPFAST_ADAM_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define CLIPFAST_ADAM_HD inline __attribute__((always_inline))
 #else
-#define CLIPFAST_HD inline
-#endif
+#define CLIPFAST_ADAM_HD inline
 #endif
 
 namespace clipfast {
@@ -41,9 +42,8 @@ struct AdamHyper {
   float beta2;
   float one_minus_beta2;
   float eps;
-  float weight_decay;  // L2 coefficient (Adam)
-  float decay;         // 1 - lr * weight_decay (AdamW)
-  int decoupled;       // 1: AdamW, 0: Adam
+  float l2;     // Adam: weight_decay; AdamW: 0 (g + 0 x = g exactly)
+  float decay;  // AdamW: 1 - lr * weight_decay; Adam: 1 (x * 1 = x exactly)
 };
 
 // Per-tensor values: bias corrections of this tensor's step, the SR key, the fp16-state scales (1 otherwise).
@@ -64,7 +64,7 @@ struct AdamStorage<kAdamF32> {
   using type = float;
 };
 
-CLIPFAST_HD uint32_t adam_f32_bits(float x) {
+CLIPFAST_ADAM_HD uint32_t adam_f32_bits(float x) {
 #ifdef __CUDA_ARCH__
   return __float_as_uint(x);
 #else
@@ -74,7 +74,7 @@ CLIPFAST_HD uint32_t adam_f32_bits(float x) {
 #endif
 }
 
-CLIPFAST_HD float adam_bits_f32(uint32_t u) {
+CLIPFAST_ADAM_HD float adam_bits_f32(uint32_t u) {
 #ifdef __CUDA_ARCH__
   return __uint_as_float(u);
 #else
@@ -86,7 +86,7 @@ CLIPFAST_HD float adam_bits_f32(uint32_t u) {
 
 // lowbias32 (a 32-bit integer finalizer): a bijection with good avalanche; the Triton kernel and the
 // PyTorch reference compute the same function.
-CLIPFAST_HD uint32_t adam_hash(uint32_t x) {
+CLIPFAST_ADAM_HD uint32_t adam_hash(uint32_t x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -97,25 +97,25 @@ CLIPFAST_HD uint32_t adam_hash(uint32_t x) {
 
 // 32 random bits for element i of the tensor with ``key``: the low 16 round the parameter (or m), the high
 // 16 round v; with bf16 parameters and bf16 state the parameter takes adam_hash of this value.
-CLIPFAST_HD uint32_t adam_random(uint32_t key, int64_t i) { return adam_hash((uint32_t)i + key); }
+CLIPFAST_ADAM_HD uint32_t adam_random(uint32_t key, int64_t i) { return adam_hash((uint32_t)i + key); }
 
 // fp32 -> bf16 pattern: round to nearest even, or stochastically with 16 random bits r16; NaN stays NaN.
-CLIPFAST_HD uint16_t adam_bf16_rne(float x) {
+CLIPFAST_ADAM_HD uint16_t adam_bf16_rne(float x) {
   const uint32_t b = adam_f32_bits(x);
   const uint16_t r = (uint16_t)((b + 0x7FFFU + ((b >> 16) & 1U)) >> 16);
   return x != x ? (uint16_t)((b >> 16) | 0x40U) : r;
 }
 
-CLIPFAST_HD uint16_t adam_bf16_sr(float x, uint32_t r16) {
+CLIPFAST_ADAM_HD uint16_t adam_bf16_sr(float x, uint32_t r16) {
   const uint32_t b = adam_f32_bits(x);
   const uint16_t r = (uint16_t)((b + (r16 & 0xFFFFU)) >> 16);
   return x != x ? (uint16_t)((b >> 16) | 0x40U) : r;
 }
 
-CLIPFAST_HD float adam_bf16_to_f32(uint16_t h) { return adam_bits_f32((uint32_t)h << 16); }
+CLIPFAST_ADAM_HD float adam_bf16_to_f32(uint16_t h) { return adam_bits_f32((uint32_t)h << 16); }
 
 // fp32 -> fp16 pattern, round to nearest even (IEEE, branch-free so the CPU loops vectorize).
-CLIPFAST_HD uint16_t adam_fp16_rne(float x) {
+CLIPFAST_ADAM_HD uint16_t adam_fp16_rne(float x) {
 #ifdef __CUDA_ARCH__
   return __half_as_ushort(__float2half_rn(x));
 #else
@@ -133,7 +133,7 @@ CLIPFAST_HD uint16_t adam_fp16_rne(float x) {
 #endif
 }
 
-CLIPFAST_HD float adam_fp16_to_f32(uint16_t h) {
+CLIPFAST_ADAM_HD float adam_fp16_to_f32(uint16_t h) {
 #ifdef __CUDA_ARCH__
   return __half2float(__ushort_as_half(h));
 #else
@@ -148,7 +148,7 @@ CLIPFAST_HD float adam_fp16_to_f32(uint16_t h) {
 }
 
 template <int C>
-CLIPFAST_HD float adam_load(typename AdamStorage<C>::type s) {
+CLIPFAST_ADAM_HD float adam_load(typename AdamStorage<C>::type s) {
   if constexpr (C == kAdamF32) {
     return s;
   } else if constexpr (C == kAdamBF16) {
@@ -160,7 +160,7 @@ CLIPFAST_HD float adam_load(typename AdamStorage<C>::type s) {
 
 // Encode x: fp32 as is, fp16 to nearest, bf16 to nearest (sr = false) or stochastically with r16.
 template <int C>
-CLIPFAST_HD typename AdamStorage<C>::type adam_store(float x, bool sr, uint32_t r16) {
+CLIPFAST_ADAM_HD typename AdamStorage<C>::type adam_store(float x, bool sr, uint32_t r16) {
   if constexpr (C == kAdamF32) {
     return x;
   } else if constexpr (C == kAdamBF16) {
@@ -171,14 +171,13 @@ CLIPFAST_HD typename AdamStorage<C>::type adam_store(float x, bool sr, uint32_t 
 }
 
 // The update of one element in fp32 (see the file comment); v_sqrt returns sqrt of the new v.
-CLIPFAST_HD void adam_update(float& x, float g, float& m, float& v, float& v_sqrt, const AdamHyper& h,
+CLIPFAST_ADAM_HD void adam_update(float& x, float g, float& m, float& v, float& v_sqrt, const AdamHyper& h,
                              const AdamTensorArgs& t) {
-  if (h.decoupled) {
-    x = x * h.decay;
-  } else {
-    g = g + h.weight_decay * x;
-  }
-  m = h.lerp_weight < 0.5f ? m + h.lerp_weight * (g - m) : g - (g - m) * (1.0f - h.lerp_weight);
+  x = x * h.decay;  // branch-free: one of decay = 1, l2 = 0 holds
+  g = g + h.l2 * x;
+  const float lerp_lo = m + h.lerp_weight * (g - m);
+  const float lerp_hi = g - (g - m) * (1.0f - h.lerp_weight);
+  m = h.lerp_weight < 0.5f ? lerp_lo : lerp_hi;
   v = v * h.beta2;
   v = v + h.one_minus_beta2 * g * g;
   v_sqrt = sqrtf(v);
@@ -190,7 +189,7 @@ CLIPFAST_HD void adam_update(float& x, float g, float& m, float& v, float& v_sqr
 // kMaster: an fp32 master copy holds x (the parameter gets x rounded to nearest), kSR: round a bf16
 // parameter stochastically (ignored with kMaster or non-bf16 parameters).
 template <int P, int S, bool kMaster, bool kSR>
-CLIPFAST_HD void fused_adam_element(typename AdamStorage<P>::type* __restrict__ p,
+CLIPFAST_ADAM_HD void fused_adam_element(typename AdamStorage<P>::type* __restrict__ p,
                                     const typename AdamStorage<P>::type* __restrict__ g,
                                     typename AdamStorage<S>::type* __restrict__ m,
                                     typename AdamStorage<S>::type* __restrict__ v, float* __restrict__ master,

@@ -1,9 +1,11 @@
 // Fused Adam/AdamW on the CPU: argument checks shared with the CUDA entry point, and the CPU kernel. The
 // per-element step is fused_adam_element of fused_adam.cuh (the function the CUDA kernel calls); the tensors
 // are cut into kCpuChunk-element chunks that at::parallel_for spreads over the threads, and each chunk's loop
-// vectorizes (branch-free element code, cloned for AVX-512/AVX2 and picked at load time).
+// vectorizes (branch-free element code, cloned for AVX-512/AVX2 and picked at load time). Vectorizing needs
+// -fno-trapping-math (the selects) and -fno-math-errno (sqrtf); setup.py and CMakeLists.txt pass the latter,
+// whose pragma form GCC ignores for builtins.
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math", "no-math-errno")
+#pragma GCC optimize("no-trapping-math")
 #endif
 #include "fused_adam.h"
 
@@ -169,8 +171,9 @@ std::vector<AdamTensorArgs> fused_adam_tensor_args(const at::Tensor& args) {
 }
 
 AdamHyper fused_adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
-  return {(float)(1.0 - beta1), (float)beta2,        (float)(1.0 - beta2),   (float)eps,
-          (float)weight_decay,  (float)(1.0 - lr * weight_decay), decoupled ? 1 : 0};
+  const float l2 = decoupled ? 0.0f : (float)weight_decay;
+  const float decay = decoupled ? (float)(1.0 - lr * weight_decay) : 1.0f;
+  return {(float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)eps, l2, decay};
 }
 
 void fused_adam_fwd_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
