@@ -60,13 +60,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._tiles import accumulate_tile_grads, dot_tile
 
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
 _TARGET_PROGRAMS = 512
 _LSE_BLOCK = 256
+_LSE_WARPS, _LSE_STAGES = 4, 1
 
 
 @triton.jit
@@ -283,7 +284,7 @@ def _merge_lse(part_max, part_sum):
     k, length = part_max.shape
     out = torch.empty(length, device=part_max.device, dtype=torch.float32)
     _contrastive_loss_lse_kernel[(triton.cdiv(length, _LSE_BLOCK),)](
-        part_max, part_sum, out, k, length, BLOCK=_LSE_BLOCK, num_warps=4)
+        part_max, part_sum, out, k, length, BLOCK=_LSE_BLOCK, num_warps=_LSE_WARPS, num_stages=_LSE_STAGES)
     return out
 
 
@@ -320,7 +321,7 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
     col_sum = torch.empty_like(col_max)
     _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, row_max, row_sum, col_max, col_sum, pos, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
-        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type != "cuda",
+        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     out = (_merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum))
     return (*out, pos) if has_pos else out
@@ -339,7 +340,7 @@ def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_po
     _contrastive_loss_bwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos if has_pos else coef_row, da, db, dscale,
         m, n, d, a.stride(0), b.stride(0), tiles_per_split, pos_offset,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type != "cuda",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale
@@ -409,39 +410,30 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, p
     return da.mul_(norm), db.mul_(norm), dscale
 
 
-def aot_specs():
-    """Every config the launchers can choose, for fp32/fp16/bf16 and each BLOCK_D class of d."""
-    specs = []
+def aot_launches():
+    """Representative launcher calls (label, launcher, args, kwargs) for the AOT compile, on ``meta``
+    tensors (nothing is allocated or run): a CLIP batch (N = 32768, d = 512: the BLOCK_D = 64 class, all
+    sizes and strides divisible by 16), the other BLOCK_D classes (d = 96, 80), an odd block
+    (1000 × 777, d = 72: nothing divisible by 16) and a small one (256², one column tile per program);
+    forward with and without positives, backward with atomic and deterministic db."""
+    meta = dict(device="meta")
+    scale = torch.empty(1, **meta)
     for dtype, ty in _DTYPES.items():
-        prec = _input_precision(dtype)
-        for d in (64, 32, 16):  # representatives of the BLOCK_D classes 64 / 32 / 16
-            bd = _block_d(d, dtype)
-            if dtype == torch.float32 and d == 64:
-                continue  # same BLOCK_D (32) as d = 32
-            bm, bn, _, warps, stages = _config("fwd", dtype, d)
-            specs.extend(AotSpec(
-                _contrastive_loss_fwd_kernel,
-                {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "row_max_ptr": "*fp32",
-                 "row_sum_ptr": "*fp32", "col_max_ptr": "*fp32", "col_sum_ptr": "*fp32", "pos_ptr": "*fp32",
-                 "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32", "stride_bn": "i32",
-                 "tiles_per_split": "i32", "pos_offset": "i32"},
-                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "UPCAST": False,
-                 "INPUT_PRECISION": prec},
-                warps, stages, f"{ty} {bm}x{bn}x{bd}{' pos' if has_pos else ''}") for has_pos in (True, False))
-            bm, bn, _, warps, stages = _config("bwd", dtype, d)
-            for atomic, has_pos in ((a, p) for a in (True, False) for p in (True, False)):
-                specs.append(AotSpec(
-                    _contrastive_loss_bwd_kernel,
-                    {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "norm_ptr": "*fp32",
-                     "lse_row_ptr": "*fp32", "lse_col_ptr": "*fp32", "coef_row_ptr": "*fp32",
-                     "coef_col_ptr": "*fp32", "coef_pos_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32",
-                     "dscale_ptr": "*fp32", "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32",
-                     "stride_bn": "i32", "tiles_per_split": "i32", "pos_offset": "i32"},
-                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "ATOMIC_DB": atomic,
-                     "UPCAST": False, "INPUT_PRECISION": prec},
-                    warps, stages, f"{ty} {bm}x{bn}x{bd} {'atomic' if atomic else 'det'}{' pos' if has_pos else ''}"))
-    specs.append(AotSpec(
-        _contrastive_loss_lse_kernel,
-        {"max_ptr": "*fp32", "sum_ptr": "*fp32", "out_ptr": "*fp32", "K": "i32", "L": "i32"},
-        {"BLOCK": _LSE_BLOCK}, 4, 1, f"block {_LSE_BLOCK}"))
-    return specs
+        shapes = [(32768, 32768, 512, True), (4096, 4096, 96, True), (4096, 4096, 80, True),
+                  (1000, 777, 72, False)] + ([(256, 256, 512, False)] if dtype == torch.float16 else [])
+        for m, n, d, every_variant in shapes:
+            a, b = torch.empty(m, d, dtype=dtype, **meta), torch.empty(n, d, dtype=dtype, **meta)
+            vec_m, vec_n = torch.empty(m, **meta), torch.empty(n, **meta)
+            tag = f"{ty} {m}x{n} d={d}"
+            for pos in ((0, None) if every_variant else (0,)):
+                yield f"{tag} fwd{' pos' if pos is not None else ''}", contrastive_loss_fwd, (a, b, scale), \
+                    {"positive_offset": pos}
+                for det in ((False, True) if every_variant else (False,)):
+                    yield (f"{tag} bwd {'det' if det else 'atomic'}{' pos' if pos is not None else ''}",
+                           contrastive_loss_bwd, (a, b, scale, vec_m, vec_n, vec_m, vec_n),
+                           {"positive": None if pos is None else (pos, vec_m), "deterministic": det})
+
+
+def aot_specs():
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())

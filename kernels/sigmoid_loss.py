@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._tiles import accumulate_tile_grads, dot_tile, softplus
 from .contrastive_loss import _DTYPES, _block_d, _check_features, _config, _input_precision, _splits
 
@@ -173,7 +173,7 @@ def sigmoid_loss_fwd(a, b, scale, bias, positive_offset=0):
     loss = torch.empty(n_splits, m, device=dev, dtype=torch.float32)
     _sigmoid_loss_fwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, bias, loss, m, n, d, a.stride(0), b.stride(0), tiles_per_split, offset,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type != "cuda",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     return loss[0] if n_splits == 1 else loss.sum(0)
 
@@ -190,7 +190,7 @@ def _bwd_launch(a, b, scale, bias, offset, has_pos, atomic_db):
     _sigmoid_loss_bwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, bias, da, db, dscale, dbias, m, n, d, a.stride(0), b.stride(0), tiles_per_split, offset,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db,
-        UPCAST=a.device.type != "cuda", INPUT_PRECISION=_input_precision(a.dtype),
+        UPCAST=a.device.type == "cpu", INPUT_PRECISION=_input_precision(a.dtype),
         num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale.sum(), dbias.sum()
@@ -227,31 +227,25 @@ def sigmoid_loss_bwd(a, b, scale, bias, grad, positive_offset=0, *, deterministi
     return da.mul_(c), db.mul_(c), dscale * c, dbias * c
 
 
-def aot_specs():
-    """Every config the launchers can choose, for fp32/fp16/bf16, each BLOCK_D class, with and without
-    positives, atomic and deterministic db."""
-    specs = []
+def aot_launches():
+    """Representative launcher calls for the AOT compile, on ``meta`` tensors (nothing allocated or run):
+    as ``contrastive_loss.aot_launches`` (a CLIP batch, the other BLOCK_D classes, an odd block), with
+    the positives on the diagonal, shifted, or absent (the distributed negatives-only blocks), backward
+    with atomic and deterministic db."""
+    meta = dict(device="meta")
+    one = torch.empty(1, **meta)
     for dtype, ty in _DTYPES.items():
-        prec = _input_precision(dtype)
-        for bd in sorted({_block_d(d, dtype) for d in (16, 32, 64)}, reverse=True):
-            common = {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "bias_ptr": "*fp32"}
-            sizes = {"M": "i32", "N": "i32", "D": "i32", "stride_am": "i32", "stride_bn": "i32",
-                     "tiles_per_split": "i32", "pos_offset": "i32"}
-            for has_pos in (True, False):
-                bm, bn, _, warps, stages = _config("fwd", dtype, bd)
-                specs.append(AotSpec(
-                    _sigmoid_loss_fwd_kernel, {**common, "loss_ptr": "*fp32", **sizes},
-                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "UPCAST": False,
-                     "INPUT_PRECISION": prec},
-                    warps, stages, f"{ty} {bm}x{bn}x{bd}{' pos' if has_pos else ''}"))
-                bm, bn, _, warps, stages = _config("bwd", dtype, bd)
-                for atomic in (True, False):
-                    specs.append(AotSpec(
-                        _sigmoid_loss_bwd_kernel,
-                        {**common, "da_ptr": "*fp32", "db_ptr": "*fp32", "dscale_ptr": "*fp32",
-                         "dbias_ptr": "*fp32", **sizes},
-                        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "ATOMIC_DB": atomic,
-                         "UPCAST": False, "INPUT_PRECISION": prec},
-                        warps, stages,
-                        f"{ty} {bm}x{bn}x{bd}{' pos' if has_pos else ''} {'atomic' if atomic else 'det'}"))
-    return specs
+        for m, n, d, every_variant in ((32768, 32768, 512, True), (4096, 4096, 96, True), (4096, 4096, 80, True),
+                                       (1000, 777, 72, False)):
+            a, b = torch.empty(m, d, dtype=dtype, **meta), torch.empty(n, d, dtype=dtype, **meta)
+            tag = f"{ty} {m}x{n} d={d}"
+            for pos in ((0, None) if every_variant else (0,)):
+                yield f"{tag} fwd{' pos' if pos is not None else ''}", sigmoid_loss_fwd, (a, b, one, one, pos), {}
+                for det in ((False, True) if every_variant else (False,)):
+                    yield (f"{tag} bwd {'det' if det else 'atomic'}{' pos' if pos is not None else ''}",
+                           sigmoid_loss_bwd, (a, b, one, one, one, pos), {"deterministic": det})
+
+
+def aot_specs():
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())
