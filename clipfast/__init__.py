@@ -1,19 +1,39 @@
 """clipfast: the fastest, leanest way to train CLIP models.
 
-Public API mirrors OpenCLIP's (``create_model``, ``CLIP``, ``ClipLoss``, ``get_tokenizer``, ...);
-fused kernels live behind ``clipfast.ops`` and are chosen per device by ``clipfast.backend``.
+Public API mirrors OpenCLIP 3.3's (``create_model``, ``CLIP``, ``ClipLoss``, ``get_tokenizer``, ``create_loss``,
+``build_zero_shot_classifier``, ...); fused kernels live behind ``clipfast.ops`` and are chosen per device by
+``clipfast.backend``. ``clipfast.install_as_open_clip()`` also maps ``open_clip.<submodule>`` imports to clipfast,
+so OpenCLIP's own ``open_clip_train`` runs on it. Names clipfast cannot serve (TorchScript, CoCa, HF/timm towers,
+downloads) raise ``NotImplementedError`` naming the feature.
 """
 
 __version__ = "0.1.0"
 
 from clipfast.configs import TextConfig, VisionConfig, add_model_config, get_model_config, list_models  # noqa: E402
 from clipfast.factory import (  # noqa: E402
-    create_model, create_model_and_transforms, create_model_from_pretrained, get_tokenizer,
+    create_loss, create_model, create_model_and_transforms, create_model_from_pretrained, get_tokenizer,
 )
-from clipfast.model import CLIP  # noqa: E402
+from clipfast.model import (  # noqa: E402
+    CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP, convert_weights_to_fp16, get_model_preprocess_cfg,
+    get_model_tokenize_cfg, set_model_preprocess_cfg, trace_model,
+)
 from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: E402
 from clipfast.checkpoint import load_checkpoint  # noqa: E402
 from clipfast.checkpoint import build_model, load_state_dict  # noqa: E402
 from clipfast.tokenizer import SimpleTokenizer, decode, tokenize  # noqa: E402
-from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform  # noqa: E402
+from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentationCfg, image_transform  # noqa: E402
 from clipfast.loss import ClipLoss, SigLipLoss  # noqa: E402
+from clipfast.zero_shot_classifier import build_zero_shot_classifier, build_zero_shot_classifier_legacy  # noqa: E402
+from clipfast.zero_shot_metadata import (  # noqa: E402
+    IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES,
+)
+from clipfast.pretrained import (  # noqa: E402
+    download_pretrained, download_pretrained_from_url, get_pretrained_cfg, get_pretrained_url, is_pretrained_cfg,
+    list_pretrained, list_pretrained_models_by_tag, list_pretrained_tags_by_model,
+)
+from clipfast.open_clip_compat import (  # noqa: E402
+    CoCa, CoCaLoss, DistillClipLoss, install_as_open_clip, list_openai_models, load_openai_model,
+    push_pretrained_to_hf_hub, push_to_hf_hub,
+)
+from clipfast import constants, hf_model, utils  # noqa: E402,F401
+from clipfast import transforms as transform  # noqa: E402,F401 (OpenCLIP's module name)

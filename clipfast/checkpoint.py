@@ -131,15 +131,15 @@ def _is_hf(state_dict):
     return any(k.startswith(("vision_model.", "text_model.")) for k in state_dict)
 
 
-def load_checkpoint(model, path, strict=True, weights_only=True, device="cpu"):
-    """Load the checkpoint at ``path`` into ``model`` (OpenCLIP's ``load_checkpoint`` semantics).
+def load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, device="cpu"):
+    """Load the checkpoint at ``checkpoint_path`` into ``model`` (OpenCLIP's ``load_checkpoint``, same signature).
 
     Accepts everything ``load_state_dict`` reads, in OpenCLIP/OpenAI or HF ``CLIPModel`` key layout.
 
     Returns:
         ``model.load_state_dict``'s result (missing / unexpected keys; empty when ``strict``).
     """
-    state_dict = load_state_dict(path, device=device, weights_only=weights_only)
+    state_dict = load_state_dict(checkpoint_path, device=device, weights_only=weights_only)
     if _is_hf(state_dict):
         state_dict = from_hf_state_dict(state_dict)
     for key in OPENAI_INT_KEYS:

@@ -20,7 +20,8 @@ from clipfast.precision import get_cast_dtype, set_model_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer"]
+__all__ = ["create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
+           "create_loss"]
 
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.bin",
                  "model.safetensors", "pytorch_model.bin")
@@ -59,6 +60,12 @@ def _resolve(model_name, pretrained):
         return local["model_cfg"], (str(weights) if weights else None), local.get("preprocess_cfg", {})
     cfg = get_model_config(model_name.replace("/", "-"))
     if cfg is None:
+        from clipfast.unsupported_configs import unsupported_reason
+
+        reason = unsupported_reason(model_name.replace("/", "-"))
+        if reason is not None:
+            raise NotImplementedError(f"model_name={model_name!r} is an OpenCLIP config clipfast does not build "
+                                      f"yet: it needs {reason}; use open_clip for this model")
         raise RuntimeError(f"model_name={model_name!r}: unknown model. Available: {list_models()}")
     if pretrained and not os.path.isfile(pretrained):
         raise RuntimeError(f"pretrained={pretrained!r} is not a file; clipfast loads local checkpoints only "
@@ -227,3 +234,26 @@ def get_tokenizer(model_name="", context_length=None, cache_dir=None, **kwargs):
     tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
     tokenizer_kwargs.update(kwargs)
     return SimpleTokenizer(context_length=context_length, **tokenizer_kwargs)
+
+
+def create_loss(args):
+    """The training loss for OpenCLIP's trainer ``args`` (``open_clip_train.params``), as ``open_clip.create_loss``.
+
+    ``args.siglip`` -> ``SigLipLoss(rank, world_size, dist_impl=args.loss_dist_impl)``; otherwise
+    ``ClipLoss(local_loss, gather_with_grad, cache_labels=True, rank, world_size, use_horovod)``. Distillation
+    (``args.distill``) and CoCa models raise ``NotImplementedError``; ``use_horovod=True`` raises ``ValueError``.
+    """
+    from clipfast.loss import ClipLoss, SigLipLoss
+
+    if getattr(args, "distill", False):
+        raise NotImplementedError("create_loss: distillation (DistillClipLoss, --distill-model) is not implemented "
+                                  "by clipfast")
+    if "coca" in args.model.lower():
+        raise NotImplementedError(f"create_loss: CoCa (CoCaLoss, model {args.model!r}) is not implemented by clipfast")
+    rank, world_size = getattr(args, "rank", 0), getattr(args, "world_size", 1)
+    if getattr(args, "siglip", False):
+        if getattr(args, "horovod", False):
+            raise ValueError("create_loss: horovod is not supported for SigLIP (as in OpenCLIP)")
+        return SigLipLoss(rank=rank, world_size=world_size, dist_impl=getattr(args, "loss_dist_impl", None))
+    return ClipLoss(local_loss=getattr(args, "local_loss", False), gather_with_grad=getattr(args, "gather_with_grad", False),
+                    cache_labels=True, rank=rank, world_size=world_size, use_horovod=getattr(args, "horovod", False))

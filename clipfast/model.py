@@ -7,6 +7,7 @@ Text tower (attributes of the model itself, as in OpenCLIP): ``token_embedding``
 ``is_causal`` (no mask tensor); the pooled token is the argmax of the ids (EOT), and only that token runs the
 last block. Logits: ``logit_scale.exp() * img @ txt.T (+ logit_bias)``.
 """
+import copy
 import math
 
 import torch
@@ -18,8 +19,14 @@ from clipfast.nn.attention import Transformer
 from clipfast.nn.layer_norm import LayerNorm
 from clipfast.nn.resnet import ModifiedResNet
 from clipfast.nn.vision import VisionTransformer
+from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: F401 (open_clip.model)
 
-__all__ = ["CLIP"]
+__all__ = ["CLIP", "CustomTextCLIP", "CLIPVisionCfg", "CLIPTextCfg", "trace_model", "convert_weights_to_fp16",
+           "get_model_preprocess_cfg", "set_model_preprocess_cfg", "get_model_tokenize_cfg"]
+
+# OpenCLIP's names for the config dataclasses (same fields and defaults).
+CLIPVisionCfg, CLIPTextCfg = VisionConfig, TextConfig
+convert_weights_to_fp16 = convert_weights_to_lp  # OpenCLIP's backwards-compatible alias
 
 
 def _build_vision_tower(embed_dim, cfg, quick_gelu):
@@ -66,10 +73,13 @@ class CLIP(nn.Module):
         self.text_pool_type = text_cfg.pool_type
         self.text_eos_id = text_cfg.eos_id
         self.text_causal = not text_cfg.no_causal_mask
-        self.token_embedding = nn.Embedding(text_cfg.vocab_size, width)
+        # Created in this order (the seeded init draws stay the same), registered in OpenCLIP's order:
+        # ``named_parameters()`` (so optimizer state indices) lists transformer before token_embedding.
+        token_embedding = nn.Embedding(text_cfg.vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(text_cfg.context_length, width))
         self.transformer = Transformer(width, text_cfg.layers, text_cfg.heads, text_cfg.mlp_ratio,
                                        quick_gelu=quick_gelu)
+        self.token_embedding = token_embedding
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
 
@@ -179,3 +189,51 @@ class CLIP(nn.Module):
         if self.logit_bias is not None:
             return image_features, text_features, self.logit_scale.exp(), self.logit_bias
         return image_features, text_features, self.logit_scale.exp()
+
+
+class CustomTextCLIP(nn.Module):
+    """OpenCLIP's CLIP variant whose text tower is a separate ``text`` module (HF text towers, ``force_custom_text``,
+    state-dict keys ``text.*``). Not implemented by clipfast: constructing one raises ``NotImplementedError``; it
+    exists so ``isinstance(model, (CLIP, CustomTextCLIP))`` checks (``open_clip_train``) work."""
+
+    def __init__(self, embed_dim, vision_cfg, text_cfg, quick_gelu=False, init_logit_scale=math.log(1 / 0.07),
+                 init_logit_bias=None, nonscalar_logit_scale=False, cast_dtype=None, output_dict=False):
+        raise NotImplementedError("CustomTextCLIP (a separate `text` tower: HF text towers, force_custom_text) is "
+                                  "not implemented by clipfast; use clipfast.CLIP or open_clip")
+
+
+def trace_model(model, batch_size=256, device=torch.device("cpu")):
+    """OpenCLIP's TorchScript tracing (``--trace``); not supported: clipfast's fused kernels are custom ops that
+    TorchScript cannot trace. Raises ``NotImplementedError``; use ``torch.compile(model)``."""
+    raise NotImplementedError("trace_model: TorchScript tracing (jit / --trace) is not supported by clipfast; "
+                              "use torch.compile(model) instead")
+
+
+def get_model_preprocess_cfg(model):
+    """``model.visual.preprocess_cfg`` (set by the factory), else a dict from ``image_size``/``image_mean``/
+    ``image_std`` attributes, as OpenCLIP."""
+    module = getattr(model, "visual", model)
+    cfg = getattr(module, "preprocess_cfg", {})
+    if not cfg:
+        size = getattr(module, "image_size")
+        if size is not None:
+            cfg["size"] = size
+        for key in ("mean", "std"):
+            value = getattr(module, f"image_{key}", None)
+            if value is not None:
+                cfg[key] = value
+    return cfg
+
+
+def set_model_preprocess_cfg(model, preprocess_cfg):
+    """Attach ``preprocess_cfg`` (with ``mean``/``std``) to ``model.visual`` (also as ``image_mean``/``image_std``)."""
+    module = getattr(model, "visual", model)
+    module.image_mean = preprocess_cfg["mean"]
+    module.image_std = preprocess_cfg["std"]
+    module.preprocess_cfg = copy.deepcopy(preprocess_cfg)
+
+
+def get_model_tokenize_cfg(model):
+    """``{"context_length", "vocab_size"}`` of the text tower, as OpenCLIP."""
+    module = getattr(model, "text", model)
+    return {k: getattr(module, k) for k in ("context_length", "vocab_size") if getattr(module, k, None) is not None}

@@ -74,11 +74,13 @@ def _contrastive_loss_fwd_kernel(
     a_ptr, b_ptr, scale_ptr,
     row_max_ptr, row_sum_ptr,  # (n_splits, M) fp32: partial row max / Σexp2 (base 2) per column split
     col_max_ptr, col_sum_ptr,  # (n_row_blocks, N) fp32: partial column max / Σexp2 per row block
+    pos_ptr,  # (M,) fp32, zero-initialised: a_i·b_{i + pos_offset} (written when HAS_POS)
     M, N, D,
     stride_am, stride_bn,  # row strides of a and b (elements); stride along d is 1
     tiles_per_split,  # column tiles each program walks
+    pos_offset,  # column of row 0's positive
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_POS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -98,6 +100,11 @@ def _contrastive_loss_fwd_kernel(
         b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
         acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
                        BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
+        if HAS_POS:  # each row's positive lies in exactly one column tile: one store per row
+            pos_col = offs_m + pos_offset
+            has = row_valid & (pos_col >= n0) & (pos_col < n0 + BLOCK_N) & (pos_col < N)
+            pos = tl.sum(tl.where(offs_n[None, :] == pos_col[:, None], acc, 0.0), axis=1)
+            tl.store(pos_ptr + offs_m, pos, mask=has)
         s2 = acc * scale2
         # Rows: online max over the column tiles (every tile has ≥ 1 valid column, so m_new is finite).
         s_r = tl.where(col_valid[None, :], s2, float("-inf"))
@@ -147,13 +154,16 @@ def _contrastive_loss_bwd_kernel(
     a_ptr, b_ptr, scale_ptr,
     norm_ptr,  # () fp32: max|coef|, divided out of P before the low-precision cast
     lse_row_ptr, lse_col_ptr, coef_row_ptr, coef_col_ptr,  # (M,), (N,), (M,), (N,) fp32
-    da_ptr,  # (n_splits, M, D) fp32, zero-initialised: Σ over this split's columns of s·P/norm·b
+    coef_pos_ptr,  # (M,) fp32: weight c_i of row i's positive (i, i + pos_offset), used when HAS_POS
+    da_ptr,  # (n_splits, M, D) fp32, zero-initialised: Σ over this split's columns of s·G/norm·b
     db_ptr,  # (N, D) fp32, zero-initialised; atomically accumulated when ATOMIC_DB
+    dscale_ptr,  # (n_splits, M) fp32: Σ over this split's columns of G_ij/norm · a_i·b_j
     M, N, D,
     stride_am, stride_bn,
     tiles_per_split,
+    pos_offset,  # column of row 0's positive (used when HAS_POS)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_POS: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid_m = tl.program_id(0)
@@ -168,7 +178,10 @@ def _contrastive_loss_bwd_kernel(
     da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
     # Padded rows/columns get lse = +inf and coef = 0, so their P is exactly 0.
     lr2 = tl.load(lse_row_ptr + offs_m, mask=row_valid, other=float("inf")).to(tl.float32) * LOG2E
-    cr = tl.load(coef_row_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * (inv_norm * scale)
+    cr = tl.load(coef_row_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * inv_norm
+    if HAS_POS:
+        cp = tl.load(coef_pos_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * inv_norm
+    dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
     n_start = pid_s * tiles_per_split * BLOCK_N
     n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
@@ -180,15 +193,20 @@ def _contrastive_loss_bwd_kernel(
                        BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         s2 = acc * scale2
         lc2 = tl.load(lse_col_ptr + offs_n, mask=col_valid, other=float("inf")).to(tl.float32) * LOG2E
-        cc = tl.load(coef_col_ptr + offs_n, mask=col_valid, other=0.0).to(tl.float32) * (inv_norm * scale)
+        cc = tl.load(coef_col_ptr + offs_n, mask=col_valid, other=0.0).to(tl.float32) * inv_norm
         s2 = tl.where(row_valid[:, None] & col_valid[None, :], s2, float("-inf"))  # padding: P = 0
-        p = cr[:, None] * tl.exp2(s2 - lr2[:, None]) + cc[None, :] * tl.exp2(s2 - lc2[None, :])
+        g = cr[:, None] * tl.exp2(s2 - lr2[:, None]) + cc[None, :] * tl.exp2(s2 - lc2[None, :])
+        if HAS_POS:  # G = P − c·[j = i + k], cancelling per element (as softmax − one-hot)
+            g -= tl.where(offs_n[None, :] == offs_m[:, None] + pos_offset, cp[:, None], 0.0)
+        dscale += tl.sum(g * acc, axis=1)  # d scale without dividing by s (finite at s = 0)
+        p = g * scale
         if not UPCAST:
             p = p.to(a_ptr.dtype.element_ty)
         accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
                               BLOCK_D, ATOMIC_DB, UPCAST, INPUT_PRECISION)
         # The next tile re-reads da rows other threads of this program stored.
         tl.debug_barrier()
+    tl.store(dscale_ptr + pid_s.to(tl.int64) * M + offs_m, dscale, mask=row_valid)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,23 +287,30 @@ def _merge_lse(part_max, part_sum):
     return out
 
 
-def contrastive_loss_fwd(a, b, scale):
+def contrastive_loss_fwd(a, b, scale, positive_offset=None):
     """Row and column log-sum-exp of S = scale · a · bᵀ over this block, each S tile computed once.
 
     Args:
         a: (M, d) features (rows of S), float32/float16/bfloat16; any row stride.
         b: (N, d) features (columns of S), same dtype and device as ``a``.
         scale: 1-element tensor, s = exp(logit_scale); read on the device (no host sync).
+        positive_offset: None, or k: also return the positives' dots a_i·b_{i+k} (from the same tiles).
     Returns:
         (lse_row, lse_col): (M,) and (N,) float32; lse_row_i = log Σ_j exp(S_ij) over the N columns,
-        lse_col_j = log Σ_i exp(S_ij) over the M rows. Bitwise deterministic.
+        lse_col_j = log Σ_i exp(S_ij) over the M rows. Bitwise deterministic. With ``positive_offset``,
+        a third (M,) float32 tensor pos_i = a_i·b_{i+k} (unscaled; 0 where i + k is outside [0, N)).
     """
     a, b = _check_features(a, b)
     scale = _check_scale(scale, a.device)
+    has_pos = positive_offset is not None
+    if has_pos and (isinstance(positive_offset, bool) or not isinstance(positive_offset, int)):
+        raise TypeError(f"positive_offset: expected an int or None, got {type(positive_offset).__name__}")
     (m, d), n = a.shape, b.shape[0]
     dev = a.device
+    pos = torch.zeros(m, device=dev, dtype=torch.float32)
     if m == 0 or n == 0:
-        return (torch.full((m,), float("-inf"), device=dev), torch.full((n,), float("-inf"), device=dev))
+        out = (torch.full((m,), float("-inf"), device=dev), torch.full((n,), float("-inf"), device=dev))
+        return (*out, pos) if has_pos else out
     bm, bn, bd, warps, stages = _config("fwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
     n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
@@ -294,45 +319,71 @@ def contrastive_loss_fwd(a, b, scale):
     col_max = torch.empty(n_row_blocks, n, device=dev, dtype=torch.float32)
     col_sum = torch.empty_like(col_max)
     _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
-        a, b, scale, row_max, row_sum, col_max, col_sum, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, UPCAST=dev.type != "cuda",
+        a, b, scale, row_max, row_sum, col_max, col_sum, pos, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
+        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type != "cuda",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
-    return _merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum)
+    out = (_merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum))
+    return (*out, pos) if has_pos else out
 
 
-def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, atomic_db):
-    """da (and db when ``atomic_db``) divided by ``norm``; db is None otherwise."""
+def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos, pos_offset, atomic_db):
+    """(da, db or None, dscale partials (n_splits, M)), all divided by ``norm``; db only with ``atomic_db``."""
     (m, d), n = a.shape, b.shape[0]
     bm, bn, bd, warps, stages = _config("bwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
     n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
     da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
+    dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
+    has_pos = coef_pos is not None
     _contrastive_loss_bwd_kernel[(n_row_blocks, n_splits)](
-        a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, da, db,
-        m, n, d, a.stride(0), b.stride(0), tiles_per_split,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ATOMIC_DB=atomic_db, UPCAST=a.device.type != "cuda",
+        a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos if has_pos else coef_row, da, db, dscale,
+        m, n, d, a.stride(0), b.stride(0), tiles_per_split, pos_offset,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type != "cuda",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
-    return da, (db if atomic_db else None)
+    return da, (db if atomic_db else None), dscale
 
 
-def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, deterministic=None):
-    """Gradients of Σ_i coef_row_i·lse_row_i + Σ_j coef_col_j·lse_col_j w.r.t. a and b (scale fixed).
+def _positives(positive, m, n, device):
+    """(offset, per-row weights (M,) fp32, the same as per-column weights (N,) for the transposed
+    launch) of ``positive = (k, c)``, c a number, 0-d or (M,) tensor; (0, None, None) for None."""
+    if positive is None:
+        return 0, None, None
+    k, c = positive
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"positive: expected (int offset, weights), got offset {k!r}")
+    c = torch.as_tensor(c, dtype=torch.float32, device=device)
+    if c.dim() == 0:
+        c = c.expand(m)
+    c = _check_vector("positive weights", c, m, device)
+    c_col = torch.zeros(n, dtype=torch.float32, device=device)
+    i0, i1 = max(0, -k), min(m, n - k)
+    if i1 > i0:
+        c_col[i0 + k:i1 + k] = c[i0:i1]
+    return k, c, c_col
 
-    With P_ij = coef_row_i·exp(S_ij − lse_row_i) + coef_col_j·exp(S_ij − lse_col_j) and S = scale·a·bᵀ:
-    da = scale · P · b, db = scale · Pᵀ · a. Each S tile is recomputed once per launch.
+
+def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, positive=None, deterministic=None):
+    """Gradients of L = Σ_i coef_row_i·lse_row_i + Σ_j coef_col_j·lse_col_j − Σ_i c_i·S_{i,i+k} w.r.t. a, b
+    and scale, with the LSEs held fixed.
+
+    With G_ij = coef_row_i·exp(S_ij − lse_row_i) + coef_col_j·exp(S_ij − lse_col_j) − c_i·[j = i + k] and
+    S = scale·a·bᵀ: da = scale · G · b, db = scale · Gᵀ · a, dscale = Σ_ij G_ij·a_i·b_j (computed from
+    a·bᵀ, never divided by scale: finite at scale = 0). Each S tile is recomputed once per launch.
 
     Args:
         a: (M, d), b: (N, d) features as in ``contrastive_loss_fwd``.
         scale: 1-element tensor, s = exp(logit_scale).
         lse_row: (M,) GLOBAL row LSEs of these rows; lse_col: (N,) GLOBAL column LSEs of these columns.
         coef_row: (M,), coef_col: (N,) weights (grad_out · 0.5 / N_global for the plain CLIP loss).
+        positive: None, or (k, c): the positives (i, i + k) enter with weight −c_i (c a number, a 0-d or
+            an (M,) tensor; grad_out / N for the CLIP loss's diagonal, k = 0).
         deterministic: True → bitwise reproducible db (a second launch: 4 backward matmuls);
             False → db by fp32 atomics (3 backward matmuls, last-bit run-to-run differences in db);
             None → ``torch.are_deterministic_algorithms_enabled()``.
     Returns:
-        (da, db): (M, d) and (N, d) float32.
+        (da, db, dscale): (M, d), (N, d) float32 and a 0-d float32 tensor. No host synchronisation.
     """
     a, b = _check_features(a, b)
     dev = a.device
@@ -340,16 +391,22 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, d
     (m, d), n = a.shape, b.shape[0]
     lse_row, coef_row = (_check_vector(k, t, m, dev) for k, t in (("lse_row", lse_row), ("coef_row", coef_row)))
     lse_col, coef_col = (_check_vector(k, t, n, dev) for k, t in (("lse_col", lse_col), ("coef_col", coef_col)))
+    offset, c_row, c_col = _positives(positive, m, n, dev)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     if m == 0 or n == 0:
-        return torch.zeros(m, d, device=dev), torch.zeros(n, d, device=dev)
+        return torch.zeros(m, d, device=dev), torch.zeros(n, d, device=dev), torch.zeros((), device=dev)
     norm = torch.maximum(coef_row.abs().max(), coef_col.abs().max())
+    if c_row is not None:
+        norm = torch.maximum(norm, c_row.abs().max())
     norm = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(1)
-    da, db = _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, atomic_db=not deterministic)
+    da, db, dscale = _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, c_row, offset,
+                                 atomic_db=not deterministic)
     if deterministic:
-        db, _ = _bwd_launch(b, a, scale, norm, lse_col, lse_row, coef_col, coef_row, atomic_db=False)
-    return da.mul_(norm), db.mul_(norm)
+        db, _, _ = _bwd_launch(b, a, scale, norm, lse_col, lse_row, coef_col, coef_row, c_col, -offset,
+                               atomic_db=False)
+    dscale = (dscale.double().sum() * norm[0]).float()  # fixed order; fp64: blocks of a ring cancel
+    return da.mul_(norm), db.mul_(norm), dscale
 
 
 def aot_specs():
@@ -362,24 +419,27 @@ def aot_specs():
             if dtype == torch.float32 and d == 64:
                 continue  # same BLOCK_D (32) as d = 32
             bm, bn, _, warps, stages = _config("fwd", dtype, d)
-            specs.append(AotSpec(
+            specs.extend(AotSpec(
                 _contrastive_loss_fwd_kernel,
                 {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "row_max_ptr": "*fp32",
-                 "row_sum_ptr": "*fp32", "col_max_ptr": "*fp32", "col_sum_ptr": "*fp32", "M": "i32", "N": "i32",
-                 "D": "i32", "stride_am": "i32", "stride_bn": "i32", "tiles_per_split": "i32"},
-                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "UPCAST": False, "INPUT_PRECISION": prec},
-                warps, stages, f"{ty} {bm}x{bn}x{bd}"))
+                 "row_sum_ptr": "*fp32", "col_max_ptr": "*fp32", "col_sum_ptr": "*fp32", "pos_ptr": "*fp32",
+                 "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32", "stride_bn": "i32",
+                 "tiles_per_split": "i32", "pos_offset": "i32"},
+                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "UPCAST": False,
+                 "INPUT_PRECISION": prec},
+                warps, stages, f"{ty} {bm}x{bn}x{bd}{' pos' if has_pos else ''}") for has_pos in (True, False))
             bm, bn, _, warps, stages = _config("bwd", dtype, d)
-            for atomic in (True, False):
+            for atomic, has_pos in ((a, p) for a in (True, False) for p in (True, False)):
                 specs.append(AotSpec(
                     _contrastive_loss_bwd_kernel,
                     {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "norm_ptr": "*fp32",
                      "lse_row_ptr": "*fp32", "lse_col_ptr": "*fp32", "coef_row_ptr": "*fp32",
-                     "coef_col_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32", "M": "i32", "N": "i32",
-                     "D": "i32", "stride_am": "i32", "stride_bn": "i32", "tiles_per_split": "i32"},
-                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "ATOMIC_DB": atomic, "UPCAST": False,
-                     "INPUT_PRECISION": prec},
-                    warps, stages, f"{ty} {bm}x{bn}x{bd} {'atomic' if atomic else 'det'}"))
+                     "coef_col_ptr": "*fp32", "coef_pos_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32",
+                     "dscale_ptr": "*fp32", "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32",
+                     "stride_bn": "i32", "tiles_per_split": "i32", "pos_offset": "i32"},
+                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "ATOMIC_DB": atomic,
+                     "UPCAST": False, "INPUT_PRECISION": prec},
+                    warps, stages, f"{ty} {bm}x{bn}x{bd} {'atomic' if atomic else 'det'}{' pos' if has_pos else ''}"))
     specs.append(AotSpec(
         _contrastive_loss_lse_kernel,
         {"max_ptr": "*fp32", "sum_ptr": "*fp32", "out_ptr": "*fp32", "K": "i32", "L": "i32"},

@@ -1,6 +1,7 @@
 """clipfast.configs: registry, OpenCLIP field names, unimplemented fields named in errors."""
 import dataclasses
 import json
+import re
 
 import open_clip
 import pytest
@@ -70,3 +71,47 @@ def test_add_model_config(tmp_path, monkeypatch):
     assert clipfast.create_model("my-tiny").text_projection.shape == (64, 32)
     with pytest.raises(FileNotFoundError, match="path"):
         clipfast.add_model_config(tmp_path / "missing")
+
+
+_OURS_ONLY = {"demo-vit", "tiny-rn", "tiny-rn-quickgelu", "tiny-vit", "tiny-vit-quickgelu"}
+SHARED = sorted(set(clipfast.list_models()) & set(open_clip.list_models()))
+
+
+def test_every_built_in_tower_config_of_open_clip_is_registered():
+    from clipfast.unsupported_configs import UNSUPPORTED_OPEN_CLIP_CONFIGS
+
+    ours, theirs = set(clipfast.list_models()), set(open_clip.list_models())
+    assert ours - theirs == _OURS_ONLY
+    assert len(SHARED) == 48 and len(theirs) == 144
+    # every OpenCLIP config is either shipped (same JSON) or listed with what it needs
+    assert theirs - ours == set(UNSUPPORTED_OPEN_CLIP_CONFIGS)
+    for name in SHARED:
+        assert clipfast.get_model_config(name) == open_clip.get_model_config(name), name
+
+
+def _layout(model):
+    return [(n, tuple(p.shape)) for n, p in model.named_parameters()], \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_config_keys_shapes_and_parameter_order_equal_open_clip(name):
+    """State-dict keys/shapes and the ordered ``named_parameters()`` list (= optimizer state indices) on the meta
+    device, so ViT-bigG / ViT-e cost no memory."""
+    cfg = clipfast.get_model_config(name)
+    with torch.device("meta"):
+        ref_params, ref_sd = _layout(open_clip.model.CLIP(**cfg))
+        our_params, our_sd = _layout(clipfast.CLIP(**cfg))
+    assert our_sd == ref_sd
+    assert our_params == ref_params
+
+
+@pytest.mark.parametrize("name,needs", [("convnext_base", "timm image tower 'convnext_base'"),
+                                        ("roberta-ViT-B-32", "HF text tower 'roberta-base'"),
+                                        ("coca_ViT-B-32", "CoCa"), ("ViT-L-14-CLIPA", "no_ln_pre"),
+                                        ("ViT-M-16-alt", "ls_init_value"), ("ViT-B-16-SigLIP2", "timm image tower")])
+def test_unbuildable_open_clip_configs_raise_naming_what_is_missing(name, needs):
+    with pytest.raises(NotImplementedError, match=re.escape(needs)):
+        clipfast.create_model(name)
+    with pytest.raises(RuntimeError, match="unknown model"):
+        clipfast.create_model("no-such-model")

@@ -94,7 +94,9 @@ def _check_features(image_features, text_features, *, square=True, names=("image
 def check_scale(logit_scale, device, name="logit_scale"):
     """Validate ``logit_scale`` (a finite 1-element tensor or number) and return it as a 0-d fp32 tensor.
 
-    Reads the value once (one host sync on GPU) to reject non-finite scales.
+    No host synchronisation: a CPU value is checked on the host (a ValueError); on a GPU the check is
+    an asynchronous device-side assert (``torch._assert_async``: a non-finite scale fails the next
+    synchronising call with "expected a finite value"); under ``torch.compile`` it is skipped.
     """
     if isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
         logit_scale = torch.tensor(float(logit_scale), device=device)
@@ -107,8 +109,14 @@ def check_scale(logit_scale, device, name="logit_scale"):
         raise TypeError(f"{name}: expected a floating-point tensor, got {logit_scale.dtype}")
     if logit_scale.device != device:
         raise ValueError(f"{name}: expected device {device} (same as the features), got {logit_scale.device}")
-    if not math.isfinite(float(logit_scale.detach())):
-        raise ValueError(f"{name}: expected a finite value, got {float(logit_scale.detach())}")
+    value = logit_scale.detach()
+    if torch.compiler.is_compiling() or value.device.type == "meta":
+        pass
+    elif value.device.type == "cpu":
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name}: expected a finite value, got {float(value)}")
+    else:
+        torch._assert_async(torch.isfinite(value).all(), f"{name}: expected a finite value")
     return logit_scale.reshape(())
 
 
@@ -128,10 +136,14 @@ def _acc_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _lse_fwd_chunked(a, b, s, want_row, want_col, tiles):
+def _lse_fwd_chunked(a, b, s, want_row, want_col, tiles, positive_offset=None):
     """Row/column LSEs of S = s·a·bᵀ, tile by tile, each tile computed once; float64 out (an O(N) cost
-    that keeps lse − S exact to the rounding of S itself at |S| ~ 100), None where unwanted."""
+    that keeps lse − S exact to the rounding of S itself at |S| ~ 100), None where unwanted. With
+    ``positive_offset`` k, also the (M,) dots a_i·b_{i+k} (0 outside the block) in the compute dtype."""
     (m, _), n = a.shape, b.shape[0]
+    if positive_offset is not None:
+        pos = _positive_dots(a, b, positive_offset, tiles[0])
+        return (*_lse_fwd_chunked(a, b, s, want_row, want_col, tiles), pos)
     tm, tn = min(tiles[0], m), min(tiles[1], n)
     acc, dev, f64 = _acc_dtype(a), a.device, torch.float64
     lse_row = torch.full((m,), -math.inf, dtype=f64, device=dev) if want_row else None
@@ -155,6 +167,18 @@ def _lse_fwd_chunked(a, b, s, want_row, want_col, tiles):
                 part = t.sub_(row_max[:, None]).exp_().sum(1).to(f64).log_().add_(row_max.to(f64))
                 torch.logaddexp(lse_row[r0:r0 + tm], part, out=lse_row[r0:r0 + tm])
     return lse_row, lse_col
+
+
+def _positive_dots(a, b, k, chunk):
+    """(M,) a_i·b_{i+k} in the compute dtype, 0 where i + k is outside [0, N); row chunks of ``chunk``."""
+    (m, _), n = a.shape, b.shape[0]
+    acc = _acc_dtype(a)
+    pos = torch.zeros(m, dtype=acc, device=a.device)
+    i0, i1 = max(0, -k), min(m, n - k)
+    for r0 in range(i0, i1, chunk):
+        r1 = min(i1, r0 + chunk)
+        pos[r0:r1] = torch.einsum("md,md->m", a[r0:r1].to(acc), b[r0 + k:r1 + k].to(acc))
+    return pos
 
 
 def _coef_factor(*coefs):
@@ -257,7 +281,8 @@ def _lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles)
 # ---------------------------------------------------------------------------------------------------
 # Backend dispatch for one block.
 
-def lse_block_fwd(a, b, scale, *, want_row=True, want_col=True, chunk_size=None, backend=None):
+def lse_block_fwd(a, b, scale, *, want_row=True, want_col=True, chunk_size=None, backend=None,
+                  positive_offset=None):
     """Row and column log-sum-exp of S = scale·a·bᵀ over one block, each S tile computed once.
 
     Args:
@@ -266,16 +291,18 @@ def lse_block_fwd(a, b, scale, *, want_row=True, want_col=True, chunk_size=None,
         want_row / want_col: skip a direction (returned as None) on the chunked path.
         chunk_size: tile edge of the chunked path (default 2048); ignored by Triton.
         backend: "triton" or "reference"; None → ``clipfast.backend.select``.
+        positive_offset: None, or k: also return the positives' dots a_i·b_{i+k} (M,), unscaled, 0 where
+            i + k is outside the block (on Triton from the forward's own tiles).
     Returns:
-        (lse_row (M,), lse_col (N,)) float32, each or None.
+        (lse_row (M,), lse_col (N,)) float32, each or None; and the (M,) dots with ``positive_offset``.
     """
     backend = backend or _backend.select("contrastive_loss", a.device)
     if backend == "triton" and a.dtype != torch.float64:
         from clipfast.kernels.contrastive_loss import contrastive_loss_fwd
 
-        lse_row, lse_col = contrastive_loss_fwd(a, b, scale.detach().float().reshape(1))
-        return (lse_row if want_row else None), (lse_col if want_col else None)
-    return _lse_fwd_chunked(a, b, float(scale), want_row, want_col, _check_chunk(chunk_size))
+        lse_row, lse_col, *pos = contrastive_loss_fwd(a, b, scale.detach().float().reshape(1), positive_offset)
+        return (lse_row if want_row else None), (lse_col if want_col else None), *pos
+    return _lse_fwd_chunked(a, b, float(scale), want_row, want_col, _check_chunk(chunk_size), positive_offset)
 
 
 def lse_block_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, diag=None, chunk_size=None,
@@ -303,20 +330,9 @@ def lse_block_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, diag=Non
             lse_row, coef_row = torch.full((m,), math.inf, **f32), torch.zeros(m, **f32)
         if lse_col is None:
             lse_col, coef_col = torch.full((n,), math.inf, **f32), torch.zeros(n, **f32)
-        s = scale.detach().float().reshape(())
-        da, db = contrastive_loss_bwd(a, b, s.reshape(1), lse_row.float(), lse_col.float(), coef_row.float(),
-                                      coef_col.float())
-        dscale = rowdot_sum(da, a) / s
-        if diag is not None:  # −c·s·b_{i+k} into da_i, −c·s·a_i into db_{i+k}, −c·a_i·b_{i+k} into dscale
-            k, c = diag
-            i0, i1 = max(0, -k), min(m, n - k)
-            if i1 > i0:
-                c = torch.as_tensor(c, **f32)
-                c = c[i0:i1, None] if c.dim() else c.expand(i1 - i0)[:, None]
-                da[i0:i1].addcmul_(b[i0 + k:i1 + k], c * s, value=-1)
-                db[i0 + k:i1 + k].addcmul_(a[i0:i1], c * s, value=-1)
-                dscale = dscale - (c * a[i0:i1].float() * b[i0 + k:i1 + k].float()).sum()
-        return da, db, dscale
+        # The positives and d(scale) are folded into the kernel (no division by s: finite at s = 0).
+        return contrastive_loss_bwd(a, b, scale.detach().float().reshape(1), lse_row.float(), lse_col.float(),
+                                    coef_row.float(), coef_col.float(), positive=diag)
     if diag is not None and not (isinstance(diag[1], torch.Tensor) and diag[1].dim()):
         diag = (diag[0], float(diag[1]))
     return _lse_bwd_chunked(a, b, float(scale), lse_row, lse_col, coef_row, coef_col, diag, _check_chunk(chunk_size))
@@ -383,11 +399,9 @@ class _RowCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, scale, offset, chunk_size, backend):
-        lse_row, _ = lse_block_fwd(a, b, scale, want_col=False, chunk_size=chunk_size, backend=backend)
+        lse_row, _, s_ii = lse_block_fwd(a, b, scale, want_col=False, chunk_size=chunk_size, backend=backend,
+                                         positive_offset=offset)
         acc = _acc_dtype(a)
-        pos = b[offset:offset + a.shape[0]]  # (M, d): each row's positive
-        s_ii = torch.cat([torch.einsum("md,md->m", a[r:r + 256].to(acc), pos[r:r + 256].to(acc))
-                          for r in range(0, a.shape[0], 256)])
         ctx.save_for_backward(a, b, scale, lse_row)
         ctx.args = (offset, chunk_size, backend)
         return (lse_row - scale.double() * s_ii.double()).to(acc)
@@ -433,6 +447,10 @@ class LocalEngine:
         """Global (lse_row, lse_col) of this rank's rows a and columns b."""
         return lse_block_fwd(a, b, scale, chunk_size=self.chunk_size, backend=self.backend)
 
+    def forward_with_positives(self, a, b, scale):
+        """(lse_row, lse_col, a_i·b_i (N,)): the diagonal from the same tiles (one pass, no extra launches)."""
+        return lse_block_fwd(a, b, scale, chunk_size=self.chunk_size, backend=self.backend, positive_offset=0)
+
     def backward(self, a, b, scale, lse_row, lse_col, coef_row, coef_col, diag_coef):
         """(da, db, dscale) summed over every block these rows and columns meet, with the positives
         (i, i) of the local pairs entering with weight −diag_coef."""
@@ -445,9 +463,13 @@ class _ContrastiveLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, scale, engine):
-        lse_row, lse_col = engine.forward(a, b, scale)
+        if hasattr(engine, "forward_with_positives"):
+            lse_row, lse_col, pos = engine.forward_with_positives(a, b, scale)
+            diag = pos.double().sum()  # Σ_i a_i·b_i
+        else:  # engines that only give the LSEs (the distributed ones)
+            lse_row, lse_col = engine.forward(a, b, scale)
+            diag = rowdot_sum(a, b, dtype=torch.float64)
         n = a.shape[0]
-        diag = rowdot_sum(a, b, dtype=torch.float64)  # Σ_i a_i·b_i
         ctx.save_for_backward(a, b, scale, lse_row, lse_col)
         ctx.engine = engine
         loss = (lse_row.double().sum() + lse_col.double().sum()) / (2 * n) - scale.double() * diag / n

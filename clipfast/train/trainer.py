@@ -200,8 +200,11 @@ class Trainer:
             ckpt.set_rng_state(state["rng"])
 
     def resume(self, path) -> None:
-        """Restore everything from a checkpoint file written by :meth:`save`."""
-        self.load_state_dict(ckpt.load_checkpoint(path, map_location="cpu"))
+        """Restore everything from a checkpoint file written by :meth:`save` (or by ``open_clip_train``, see
+        ``clipfast.train.compat``)."""
+        from clipfast.train.compat import to_clipfast_state
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        self.load_state_dict(to_clipfast_state(state, self.optimizer, unwrap_model(self.model), self.steps_per_epoch))
         log.info("resumed from %s at epoch %d, step %d (%d micro-batches into the epoch)", path, self.epoch, self.step, self.batch_in_epoch)
         if self.run_dir is not None:
             _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)

@@ -27,13 +27,20 @@ def _lse_ref(a, b, scale, dtype=torch.float64):
     return s.logsumexp(1), s.logsumexp(0)
 
 
-def _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, dtype=torch.float64):
-    """da, db of Σ coef_row·lse_row + Σ coef_col·lse_col with the given (global) LSEs held fixed."""
+def _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, dtype=torch.float64, positive=None):
+    """da, db, dscale of Σ coef_row·lse_row + Σ coef_col·lse_col − Σ_i c_i·S_{i,i+k} (positive = (k, c))
+    with the given (global) LSEs held fixed."""
     a_, b_ = a.to(dtype), b.to(dtype)
-    s = scale.to(dtype) * a_ @ b_.T
+    dots = a_ @ b_.T
+    s = scale.to(dtype) * dots
     p = (coef_row.to(dtype)[:, None] * torch.exp(s - lse_row.to(dtype)[:, None])
          + coef_col.to(dtype)[None, :] * torch.exp(s - lse_col.to(dtype)[None, :]))
-    return scale.to(dtype) * p @ b_, scale.to(dtype) * p.T @ a_
+    if positive is not None:
+        k, c = positive
+        i = torch.arange(a.shape[0])
+        ok = (i + k >= 0) & (i + k < b.shape[0])
+        p[i[ok], i[ok] + k] -= torch.as_tensor(c, dtype=dtype).expand(a.shape[0])[ok]
+    return scale.to(dtype) * p @ b_, scale.to(dtype) * p.T @ a_, (p * dots).sum()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -57,14 +64,67 @@ def test_bwd_matches_fp64(m, n, d, dtype, deterministic):
     lse_row, lse_col = _lse_ref(a, b, scale)
     lse_row, lse_col = lse_row.float() + 0.25, lse_col.float() - 0.5  # "global" LSEs differ from local
     coef_row, coef_col = torch.randn(m) / m, torch.rand(n) / n  # signed and unequal coefficients
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=deterministic)
-    assert da.dtype == db.dtype == torch.float32
+    da, db, dscale = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col,
+                                            deterministic=deterministic)
+    assert da.dtype == db.dtype == dscale.dtype == torch.float32 and dscale.shape == ()
     exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col)
     torch_fp = torch.float32 if dtype == torch.float32 else dtype
     same = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, dtype=torch_fp)
     for name, out, ref, ref_same in (("da", da, exact[0], same[0]), ("db", db, exact[1], same[1])):
         assert_close(out, ref, dtype=dtype, name=name)
         assert_matches_reference(out.to(dtype), ref_same, ref, name=name)
+    assert_matches_reference(dscale, same[2].float(), exact[2], name="dscale")
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("k", [0, 3, -4])
+def test_bwd_positives_and_dscale(k, deterministic):
+    """The positives' −c_i·S_{i,i+k} term and d(scale) folded into the kernel, per-row weights,
+    rectangular block (some rows have no positive)."""
+    m, n, d = 21, 26, 32
+    a, b = _features(m, d, torch.float32), _features(n, d, torch.float32)
+    scale = torch.tensor(20.0)
+    lse_row, lse_col = _lse_ref(a, b, scale)
+    lse_row, lse_col = lse_row.float(), lse_col.float()
+    coef_row, coef_col, c = torch.rand(m) / m, torch.rand(n) / n, torch.rand(m) / m
+    da, db, dscale = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, positive=(k, c),
+                                            deterministic=deterministic)
+    exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col, positive=(k, c))
+    assert_close(da, exact[0], dtype=torch.float32, name="da")
+    assert_close(db, exact[1], dtype=torch.float32, name="db")
+    assert_close(dscale, exact[2], dtype=torch.float32, name="dscale")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_scale_zero_gives_finite_dscale(dtype):
+    """s = 0 (logit_scale = −inf in log space): S = 0, uniform softmax; d(scale) is Σ G·a·bᵀ, finite
+    (issue 9: it was da·a / s = NaN). da = db = 0 exactly."""
+    n, d = 13, 64
+    a, b = _features(n, d, dtype), _features(n, d, dtype)
+    scale = torch.tensor(0.0)
+    lse_row, lse_col, pos = K.contrastive_loss_fwd(a, b, scale, positive_offset=0)
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(pos, (a.double() * b.double()).sum(1), dtype=torch.float32, name="pos")
+    coef = torch.full((n,), 0.5 / n)
+    da, db, dscale = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef, positive=(0, 1.0 / n))
+    exact = _grads_ref(a, b, scale, ref_row, ref_col, coef, coef, positive=(0, 1.0 / n))
+    assert torch.isfinite(dscale)
+    assert_close(dscale, exact[2], dtype=torch.float32, name="dscale")
+    assert torch.equal(da, torch.zeros(n, d)) and torch.equal(db, torch.zeros(n, d))
+
+
+@pytest.mark.parametrize("k", [0, 5, -3])
+def test_fwd_positive_dots(k):
+    """pos_i = a_i·b_{i+k} from the forward's own tiles (0 where i + k is outside the block)."""
+    m, n, d = 70, 66, 48
+    a, b = _features(m, d, torch.float16), _features(n, d, torch.float16)
+    lse_row, lse_col, pos = K.contrastive_loss_fwd(a, b, torch.tensor(10.0), positive_offset=k)
+    i = torch.arange(m)
+    ok = (i + k >= 0) & (i + k < n)
+    want = torch.zeros(m, dtype=torch.float64)
+    want[ok] = (a.double()[i[ok]] * b.double()[i[ok] + k]).sum(1)
+    assert_close(pos, want, dtype=torch.float32, name="pos")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -85,7 +145,7 @@ def test_end_to_end_clip_loss_and_grads(dtype):
     assert_close(loss, ref.detach(), dtype=torch.float32, name="loss")
 
     coef = torch.full((n,), 0.5 / n)
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
+    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
     # The ops layer adds the diagonal's gradient: −scale·b/N for a, −scale·a/N for b.
     da = da - scale * b.float() / n
     db = db - scale * a.float() / n
@@ -110,7 +170,7 @@ def test_scale_100_half_precision_is_finite_and_accurate(dtype, case):
     assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
     assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
     coef = torch.full((n,), 0.5 / n)
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
+    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef, coef)
     assert torch.isfinite(da).all() and torch.isfinite(db).all()
     exact = _grads_ref(a, b, scale, ref_row, ref_col, coef, coef)
     assert_close(da, exact[0], dtype=dtype, name="da")
@@ -131,7 +191,7 @@ def test_non_contiguous_inputs():
         assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
         coef_row, coef_col = torch.rand(m), torch.rand(2 * n)[::2]
         ref_row, ref_col = ref_row.float(), ref_col.float()
-        da, db = K.contrastive_loss_bwd(x, b, scale, ref_row, ref_col, coef_row, coef_col)
+        da, db, _ = K.contrastive_loss_bwd(x, b, scale, ref_row, ref_col, coef_row, coef_col)
         exact = _grads_ref(x, b, scale, ref_row, ref_col, coef_row, coef_col)
         assert_close(da, exact[0], dtype=torch.float32, name="da")
         assert_close(db, exact[1], dtype=torch.float32, name="db")
@@ -150,7 +210,7 @@ def test_column_splits(monkeypatch, target):
     assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
     assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
     coef_row, coef_col = torch.rand(m) / m, torch.rand(n) / n
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col)
+    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col)
     exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col)
     assert_close(da, exact[0], dtype=torch.float32, name="da")
     assert_close(db, exact[1], dtype=torch.float32, name="db")
@@ -183,7 +243,7 @@ def test_empty_blocks():
     scale = torch.tensor(1.0)
     lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
     assert lse_row.shape == (0,) and torch.equal(lse_col, torch.full((5,), float("-inf")))
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, torch.zeros(5), torch.zeros(0), torch.ones(5))
+    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, torch.zeros(5), torch.zeros(0), torch.ones(5))
     assert da.shape == (0, 64) and torch.equal(db, torch.zeros(5, 64))
 
 
@@ -191,7 +251,7 @@ def test_zero_coefficients_give_zero_grads():
     a, b = _features(9, 64, torch.float16), _features(11, 64, torch.float16)
     scale = torch.tensor(100.0)
     lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
-    da, db = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, torch.zeros(9), torch.zeros(11))
+    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, torch.zeros(9), torch.zeros(11))
     assert torch.equal(da, torch.zeros(9, 64)) and torch.equal(db, torch.zeros(11, 64))
 
 
@@ -244,7 +304,7 @@ def test_gpu_matches_fp64(m, n, d, dtype):
     exact = _grads_ref(a, b, scale, ref_row, ref_col, coef_row, coef_col)
     results = {det: K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=det)
                for det in (False, True)}
-    for det, (da, db) in results.items():
+    for det, (da, db, _) in results.items():
         assert_close(da, exact[0], dtype=dtype, name=f"da det={det}")
         assert_close(db, exact[1], dtype=dtype, name=f"db det={det}")
     again = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=True)
