@@ -247,8 +247,13 @@ def main(argv=None) -> int:
         print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
         return 2
     from clipfast.train import run
+    from clipfast.train.errors import RunError
 
-    return run.run_train(args) if args.command == "train" else run.run_eval(args)
+    try:
+        return run.run_train(args) if args.command == "train" else run.run_eval(args)
+    except RunError as e:
+        print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_status
 
 
 if __name__ == "__main__":
