@@ -68,7 +68,9 @@ def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
     def make_loader(epoch, skip):
         return data_lib.build_dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
                                          workers=args.workers, rank=info.rank, world_size=info.world_size,
-                                         drop_last=True, skip_batches=skip)
+                                         drop_last=True, skip_batches=skip,
+                                         max_bad_fraction=getattr(args, "max_bad_sample_fraction", 0.5),
+                                         bad_window=getattr(args, "bad_sample_window", 1000))
 
     return TrainData(make_loader, make_loader(0, 0).num_batches, args.batch_size)
 

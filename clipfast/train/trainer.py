@@ -31,6 +31,7 @@ import torch
 from clipfast.precision import get_input_dtype
 from clipfast.train import checkpointing as ckpt
 from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
+from clipfast.train.errors import BadDataError
 from clipfast.train.params import param_groups
 from clipfast.train.schedule import WarmupCosine
 
@@ -254,10 +255,12 @@ class Trainer:
         with self._stop:
             interrupted = None
             while self.epoch < self.args.epochs:
+                expected, steps_before = self.steps_per_epoch - self.batch_in_epoch // self.accum, self.step
                 if self._train_epoch():
                     interrupted = self._stop.signum
                     self.save()
                     break
+                self._check_epoch_steps(self.step - steps_before, expected)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 freq = getattr(self.args, "zeroshot_frequency", 0)
@@ -275,6 +278,15 @@ class Trainer:
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _check_epoch_steps(self, done: int, expected: int) -> None:
+        """An epoch that trained nothing is an error (nothing is saved); a short one is a warning."""
+        if done == 0 and expected > 0:
+            raise BadDataError(f"epoch {self.epoch} trained 0 of {expected} steps: the data loader yielded no batch "
+                               "(every sample missing or corrupt? see the warnings above; check --train-data and "
+                               "--train-num-samples). Nothing was saved")
+        if done < expected:
+            log.warning("epoch %d trained %d of %d steps: the data ran out early", self.epoch, done, expected)
 
     def _evaluate(self) -> dict:
         metrics = {}
