@@ -160,7 +160,7 @@ def _open_run(args, info, run_dir: Path, stack: contextlib.ExitStack):
         (run_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2))
         return path, state
 
-    path, state = _on_master(info, prepare)
+    path, state = _on_master(info, prepare) or (None, None)
     if info.distributed:  # the other ranks load the file rank 0 chose
         obj = [None if path is None else str(path)]
         torch.distributed.broadcast_object_list(obj, src=0)

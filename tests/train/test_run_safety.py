@@ -195,3 +195,31 @@ def test_stale_checkpoint_temporaries_of_dead_writers_are_removed(tmp_path):
 
 def test_errors_are_runerrors_with_exit_status():
     assert RunRefused.exit_status == 2 and issubclass(RunLockedError, RunRefused)
+
+
+# ---- under torchrun: rank 0 decides, every rank follows ----------------------------------------------
+def _torchrun(cwd, *extra, nproc=2):
+    """``torchrun -m clipfast.train`` in ``cwd`` (logs in ``cwd/logs``: torchrun's own parser takes ``--logs`` for an
+    ambiguous abbreviation of its ``--logs-specs``, so the default ``./logs`` is used)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd(), PYTHONWARNINGS="ignore")
+    argv = _tiny_run("unused", *extra)[1:]
+    at = argv.index("--logs")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "clipfast.train", *argv[:at], *argv[at + 2:], "--device", "cpu"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_two_process_run_records_world_size_and_refusals_reach_every_rank(tmp_path, capsys):
+    first = _torchrun(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = ckpt.load_checkpoint(tmp_path / "logs" / "run" / "checkpoints" / "latest.pt")
+    assert (state["world_size"], state["batch_size"]) == (2, 16)
+    again = _torchrun(tmp_path)  # same folder without --resume: refused on rank 0, and rank 1 does not hang
+    assert again.returncode != 0 and again.stderr.count("already holds a run") >= 2, again.stderr[-3000:]
+    resumed = _torchrun(tmp_path, "--epochs", "2", "--resume", "latest")  # every rank loads rank 0's choice
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "logs" / "run" / "summary.json").read_text())["steps"] == 2  # 32 / (16 * 2) per epoch
+    # one process: another world size
+    assert main(_tiny_run(tmp_path / "logs", "--epochs", "2", "--resume", "latest")) == 1
+    assert "world_size=2" in capsys.readouterr().err
