@@ -59,6 +59,10 @@ def load_state_dict(path, device="cpu", weights_only=True):
 
     Returns:
         ``dict[str, Tensor]`` without ``module.`` / ``_orig_mod.`` prefixes (OpenAI int entries, if any, kept).
+
+    Raises:
+        ValueError: naming ``path`` for an empty file, one ``torch.load`` cannot read (truncated, not a PyTorch
+            file), a TorchScript archive with ``weights_only=True``, or one without a state dict.
     """
     path = str(path)
     if os.path.isfile(path) and os.path.getsize(path) == 0:

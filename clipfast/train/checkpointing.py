@@ -13,7 +13,9 @@ A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(..., weights
      "batch_size": int, "world_size": int, "accum_freq": int}   # a resume must keep these (check_resumable)
 
 Writes go to ``<path>.tmp-<pid>`` then ``os.replace`` to ``path``, so a crash or signal mid-write
-never leaves a truncated checkpoint under the final name.
+never leaves a truncated checkpoint under the final name; :func:`remove_stale_temporaries` deletes the
+temporaries of writers that died. :func:`find_resume` picks what ``--resume`` continues from (loaded once)
+and :func:`check_resumable` refuses plain weights and another batch size, world size or accum_freq.
 """
 import logging
 import os

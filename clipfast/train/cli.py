@@ -7,7 +7,9 @@
     clipfast eval --model demo-vit --pretrained logs/demo/checkpoints/latest.pt
 
 ``--config`` takes a .json or .yaml mapping whose keys are flag names (``batch-size`` or
-``batch_size``); explicit flags win over the file.
+``batch_size``); explicit flags win over the file. Its values are checked like command-line ones (types,
+ranges, choices; a switch takes true/false, null keeps a None default); unknown keys are an error.
+Numeric flags are range-checked by ``clipfast.train.argtypes``; every refusal happens before any work.
 """
 import argparse
 import json
