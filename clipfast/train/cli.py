@@ -214,8 +214,14 @@ def validate(args: argparse.Namespace) -> None:
     models = clipfast.list_models()
     if args.model not in models and not Path(args.model).is_file():
         raise CliError(f"--model: unknown model {args.model!r}; choose one of: {', '.join(models)}")
-    if args.pretrained and not Path(args.pretrained).is_file():
-        raise CliError(f"--pretrained: checkpoint {args.pretrained!r} does not exist")
+    files = [("pretrained", args.pretrained)]
+    if getattr(args, "resume", None) not in (None, "latest"):
+        files.append(("resume", args.resume))
+    for flag, value in files:
+        if value and not Path(value).is_file():
+            raise CliError(f"--{flag}: checkpoint {value!r} does not exist")
+        if value and Path(value).stat().st_size == 0:
+            raise CliError(f"--{flag}: checkpoint {value!r} is empty (0 bytes): an interrupted copy or write?")
     for flag in ("train_data", "val_data"):
         value = getattr(args, flag)
         if value and args.dataset_type in ("csv", "folder", "auto") and not Path(value).exists():

@@ -8,6 +8,9 @@ is emptied on release. The kernel drops a flock when its holder dies (SIGKILL, c
 still names a holder but is not locked is stale: it is taken over, with a warning naming the dead holder.
 The file itself is never deleted (deleting it would let two processes lock two different files).
 On Linux NFS clients ``flock`` is emulated with a whole-file POSIX lock, which other hosts see too.
+Forked children (DataLoader workers) share the locked file description: after a SIGKILL of the trainer
+the lock lasts until they notice and exit (seconds); the refusal message names the holder's pid.
+Under torchrun only rank 0 takes it (``clipfast.train.run``).
 """
 import fcntl
 import json

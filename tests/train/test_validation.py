@@ -88,3 +88,15 @@ def test_bad_value_fails_before_any_work(tmp_path, capsys):
         main(["train", "--model", "tiny-vit", "--logs", str(tmp_path), "--grad-clip-norm", "-1"])
     assert exc.value.code == 2 and "--grad-clip-norm" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--pretrained", "--resume"])
+def test_missing_or_empty_checkpoint_flags_fail_before_any_work(tmp_path, capsys, flag):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for value, why in ((str(tmp_path / "none.pt"), "does not exist"), (str(empty), "empty")):
+        logs = tmp_path / "logs"
+        assert main(["train", "--model", "tiny-vit", "--logs", str(logs), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and value in err and why in err, err
+        assert not logs.exists()
