@@ -249,6 +249,10 @@ class Trainer:
 
         ``summary["interrupted"]`` is the signal number (or -1 for :meth:`request_stop`) when the
         run stopped early after saving ``latest.pt``, else None.
+
+        Raises:
+            BadDataError: an epoch trained 0 of its steps (the loader yielded nothing); nothing is saved.
+                The loader's own ``BadDataError`` (too many bad samples) passes through, also unsaved.
         """
         self.train_time = 0.0
         start_step = self.step
