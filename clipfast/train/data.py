@@ -152,10 +152,10 @@ class CsvDataset(_PairMixin, torch.utils.data.Dataset):
                                          f"separator {sep!r})")
                 rows = [(r[img_key], r[caption_key], reader.line_num) for r in reader]
             except (csv.Error, UnicodeDecodeError) as e:
-                raise ValueError(f"data: {str(path)!r}, line {reader.line_num + 1}: cannot parse the CSV: {e}") from e
+                raise ValueError(f"data: {str(path)!r}, near line {reader.line_num + 1}: cannot parse the CSV: {e}") from e
         self.images = [p for p, _, _ in rows]
         self.captions = [c for _, c, _ in rows]
-        self.lines = [n for _, _, n in rows]  # line of each row in the file (the header is line 1)
+        self.lines = np.asarray([n for _, _, n in rows], dtype=np.int64)  # each row's line (the header is line 1)
         self.transform, self.tokenizer = transform, tokenizer
         log.debug("CsvDataset %s: %d rows", path, len(rows))
 

@@ -18,7 +18,8 @@ import torch
 
 from clipfast.train import distributed as dist_utils
 from clipfast.train.checkpointing import find_resume, load_checkpoint, plain_args, remove_stale_temporaries, run_files
-from clipfast.train.errors import CheckpointError, RunError, RunRefused
+from clipfast.train import errors
+from clipfast.train.errors import RunError, RunRefused
 from clipfast.train.runlock import RunLock
 from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
 
@@ -130,7 +131,7 @@ def _on_master(info, fn):
         obj = [None if error is None else (type(error).__name__, str(error))]
         torch.distributed.broadcast_object_list(obj, src=0)
         if obj[0] is not None and error is None:
-            kind = {c.__name__: c for c in (RunError, RunRefused, CheckpointError)}.get(obj[0][0], RunError)
+            kind = getattr(errors, obj[0][0], RunError)  # same class, same exit status
             error = kind(obj[0][1])
     if error is not None:
         raise error
