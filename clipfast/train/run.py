@@ -60,6 +60,13 @@ def image_size(model) -> int:
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
+def _bad_sample_limits(args) -> dict:
+    from clipfast.train.badsamples import DEFAULT_BAD_WINDOW, DEFAULT_MAX_BAD_FRACTION
+
+    return dict(max_bad_fraction=getattr(args, "max_bad_sample_fraction", DEFAULT_MAX_BAD_FRACTION),
+                bad_window=getattr(args, "bad_sample_window", DEFAULT_BAD_WINDOW))
+
+
 def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
     """TrainData over the data helper's dataset and deterministic, resumable loader."""
     from clipfast.train import data as data_lib
@@ -69,9 +76,7 @@ def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
     def make_loader(epoch, skip):
         return data_lib.build_dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
                                          workers=args.workers, rank=info.rank, world_size=info.world_size,
-                                         drop_last=True, skip_batches=skip,
-                                         max_bad_fraction=getattr(args, "max_bad_sample_fraction", 0.5),
-                                         bad_window=getattr(args, "bad_sample_window", 1000))
+                                         drop_last=True, skip_batches=skip, **_bad_sample_limits(args))
 
     return TrainData(make_loader, make_loader(0, 0).num_batches, args.batch_size)
 
@@ -88,6 +93,9 @@ def build_evaluate(args, tokenizer, preprocess, size, device):
         from clipfast.train import data as data_lib
 
         val = data_lib.build_dataset(args, "val", preprocess=preprocess, tokenizer=tokenizer, image_size=size)
+        if isinstance(val, data_lib.WebDatasetPairs):  # a stream: read through the counting loader, in order
+            val = data_lib.build_dataloader(val, args.batch_size, shuffle=False, workers=args.workers, drop_last=False,
+                                            **_bad_sample_limits(args))
 
         def evaluate(model, epoch):
             return eval_lib.retrieval_eval(model, val, batch_size=args.batch_size, device=device)

@@ -89,3 +89,25 @@ def test_cli_run_on_bad_data_exits_nonzero_without_checkpoints(tmp_path, capsys)
     assert "0 of 4 steps" in capsys.readouterr().err
     assert not list((tmp_path / "logs" / "run2").glob("checkpoints/*.pt"))
     assert json.loads((tmp_path / "logs" / "run2" / "args.json").read_text())["max_bad_sample_fraction"] == 1.0
+
+
+def _wds_argv(tmp_path, command, spec, *extra):
+    return [command, "--model", "tiny-vit", "--force-context-length", "16", "--dataset-type", "webdataset",
+            "--batch-size", "4", "--workers", "0", *extra] + (
+        ["--train-data", spec, "--train-num-samples", "8", "--epochs", "1", "--logs", str(tmp_path / "logs"),
+         "--name", "run", "--no-progress", "--zeroshot-frequency", "0"] if command == "train" else ["--val-data", spec])
+
+
+def test_cli_webdataset_of_bad_shards_exits_nonzero_without_checkpoints(tmp_path, capsys):
+    for s in range(2):
+        (tmp_path / f"shard-{s}.tar").write_bytes(b"this is not a tar file" * 10)
+    assert main(_wds_argv(tmp_path, "train", str(tmp_path / "shard-{0..1}.tar"))) == 1
+    assert "shard-" in capsys.readouterr().err
+    assert not list((tmp_path / "logs" / "run").glob("checkpoints/*.pt"))
+
+
+def test_cli_eval_on_webdataset_val_data_with_a_corrupt_member(tmp_path, capsys):
+    spec = _shards(tmp_path, n_shards=2, per_shard=4, bad=((0, 1),))
+    assert main(_wds_argv(tmp_path, "eval", spec)) == 0  # was a TypeError/AttributeError in collate
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics and all(0.0 <= v <= 1.0 for k, v in metrics.items() if "R@" in k or "top" in k), metrics
