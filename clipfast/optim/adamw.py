@@ -33,11 +33,13 @@ import torch
 
 from clipfast.ops.fused_adam import fused_adam, sr_key
 
-__all__ = ["Adam", "AdamW", "STATE_DTYPES"]
+__all__ = ["Adam", "AdamW", "STATE_DTYPES", "PER_TENSOR_STATE"]
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 FP16_TARGET = 2.0**15  # the fp16 value a state bound maps to
+PER_TENSOR_STATE = ("step", "fp16_scale")  # state entries not shaped like the parameter
+_OPTIONS = ("state_dtype", "stochastic_rounding", "master_weights", "seed")  # kept by load_state_dict
 
 
 def _dtype_name(value, arg="state_dtype"):
@@ -52,6 +54,42 @@ def _dtype_name(value, arg="state_dtype"):
 def _local(t):
     """The local tensor of a DTensor (FSDP2 shards), else ``t``."""
     return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
+def _shard_offset(p):
+    """Flat index, in the full tensor, of the first element of ``p``'s local shard (0 for plain tensors).
+
+    Added to the random-stream key, it gives every element of an FSDP2 (``Shard(0)``) shard the random bits
+    of its position in the full tensor: the step is then the single-process one, bit for bit. (Other
+    placements get the offset of their first element: still unbiased, not single-process identical.)"""
+    if not hasattr(p, "_local_tensor"):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    strides = [math.prod(p.shape[d + 1:]) for d in range(len(p.shape))]
+    return sum(o * st for o, st in zip(offset, strides))
+
+
+def _abs_maxima(tensors):
+    """max |t| of each tensor as one 1-D fp32 tensor on their device (0 for empty ones, e.g. FSDP2 shards)."""
+    out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
+    full = [i for i, t in enumerate(tensors) if t.numel()]
+    if full:
+        out[full] = torch.stack(torch._foreach_norm([tensors[i] for i in full], math.inf)).float()
+    return out
+
+
+def _global_max(values, like):
+    """``values`` (a 1-D tensor of per-tensor local maxima) maxed over the ranks holding shards of ``like``
+    (a DTensor), so every rank derives the same fp16 scales; unchanged for plain tensors."""
+    if hasattr(like, "device_mesh"):
+        import torch.distributed as dist
+
+        values = values.clone()
+        for dim in range(like.device_mesh.ndim):
+            dist.all_reduce(values, op=dist.ReduceOp.MAX, group=like.device_mesh.get_group(dim))
+    return values
 
 
 def _pow2_scale(bound):
@@ -149,7 +187,8 @@ class Adam(torch.optim.Optimizer):
         rows = []
         for i, (_, state, idx) in enumerate(items):
             t = int(state["step"].item())
-            row = [lr / (1.0 - beta1**t), math.sqrt(1.0 - beta2**t), float(sr_key(group["seed"], t, idx))]
+            key = (sr_key(group["seed"], t, idx) + _shard_offset(items[i][0])) & 0xFFFFFFFF
+            row = [lr / (1.0 - beta1**t), math.sqrt(1.0 - beta2**t), float(key)]
             rows.append(row + (scales[i] if sdt == torch.float16 else [1.0, 1.0, 1.0, 1.0]))
         args = torch.tensor(rows, dtype=torch.float64)
         fused_adam(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
@@ -157,10 +196,11 @@ class Adam(torch.optim.Optimizer):
 
     def _fp16_scales(self, items, grads, params, masters, beta1, beta2, wd):
         """Per tensor [m_decode, m_encode, v_decode, v_encode] from the bounds (see the module docstring)."""
-        g_max = torch.stack(torch._foreach_norm(grads, math.inf)).double().cpu()
+        like = items[0][0]
+        g_max = _global_max(_abs_maxima(grads), like).double().cpu()
         if not self.decoupled and wd != 0:  # Adam's gradient includes wd * x
-            x_max = torch.stack(torch._foreach_norm(masters or params, math.inf)).double().cpu()
-            g_max = g_max + wd * x_max
+            x_max = _global_max(_abs_maxima(masters or params), like)
+            g_max = g_max + wd * x_max.double().cpu()
         out = []
         for (_, state, _), g in zip(items, g_max.tolist()):
             b_m, b_w, m_enc, w_enc = state["fp16_scale"].tolist()
@@ -172,12 +212,23 @@ class Adam(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict):
-        """``torch.optim.Optimizer.load_state_dict``, keeping each state tensor's saved dtype (torch casts
-        floating state to the parameter's dtype: bf16 m, v would come back fp32 and fp32 masters bf16) and
-        keeping ``step`` and ``fp16_scale`` on the CPU."""
+        """``torch.optim.Optimizer.load_state_dict`` (hyper-parameters come from ``state_dict``), except that
+
+        - each state tensor keeps its saved dtype (torch casts floating state to the parameter's dtype: bf16
+          m, v would come back fp32 and fp32 masters bf16), ``step`` and ``fp16_scale`` stay on the CPU;
+        - this optimizer's storage options (``state_dtype``, ``stochastic_rounding``, ``master_weights``,
+          ``seed``) are kept, and saved state that differs is converted to them: m, v decoded to fp32 and
+          re-encoded (fp16: scales from their maxima), masters made from the parameters or dropped. So a
+          checkpoint of ``torch.optim.AdamW`` (fp32 m, v, no options) loads, and a clipfast checkpoint
+          loaded into an optimizer with the same options continues bit for bit.
+        """
         saved = {k: dict(v) for k, v in state_dict["state"].items()}
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        options = [{k: g[k] for k in _OPTIONS} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, opts in zip(self.param_groups, options):
+            group.update(opts)
+        owner = {p: g for g in self.param_groups for p in g["params"]}
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid not in saved or p not in self.state:
@@ -186,12 +237,33 @@ class Adam(torch.optim.Optimizer):
             for name, value in saved[pid].items():
                 if not isinstance(value, torch.Tensor):
                     continue
-                if name in ("step", "fp16_scale"):
+                if name in PER_TENSOR_STATE:
                     state[name] = value.detach().to("cpu", copy=True)
                 else:
                     state[name] = self._like_param(value, p)
-        for group in self.param_groups:
-            group["state_dtype"] = _dtype_name(group.get("state_dtype", "float32"))
+            self._convert_state(p, state, owner[p])
+
+    @staticmethod
+    def _convert_state(p, state, group):
+        """Re-encode ``state`` (of parameter ``p``) for ``group``'s state dtype and master-weight option."""
+        sdt = STATE_DTYPES[group["state_dtype"]]
+        m, v = state.get("exp_avg"), state.get("exp_avg_sq")
+        if m is not None and v is not None and (m.dtype != sdt or (sdt == torch.float16) != ("fp16_scale" in state)):
+            m, v = m.float(), v.float()
+            if "fp16_scale" in state:  # stored m * m_enc and sqrt(v) * w_enc
+                _, _, m_enc, w_enc = state.pop("fp16_scale").tolist()
+                m, v = m / m_enc, (v / w_enc) ** 2
+            if sdt == torch.float16:
+                b_m, b_w = _global_max(_abs_maxima([_local(m), _local(v).sqrt()]), m).double().tolist()
+                m_enc, w_enc = _pow2_scale(b_m), _pow2_scale(b_w)
+                state["fp16_scale"] = torch.tensor([b_m, b_w, m_enc, w_enc], dtype=torch.float64)
+                m, v = m * m_enc, v.sqrt() * w_enc
+            state["exp_avg"], state["exp_avg_sq"] = m.to(sdt), v.to(sdt)
+        if group["master_weights"] and p.dtype != torch.float32:
+            if "master" not in state:
+                state["master"] = p.detach().float().clone(memory_format=torch.contiguous_format)
+        else:
+            state.pop("master", None)
 
     @staticmethod
     def _like_param(value, p):

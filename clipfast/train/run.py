@@ -15,6 +15,7 @@ import torch
 
 from clipfast.train import distributed as dist_utils
 from clipfast.train.checkpointing import plain_args, resolve_resume
+from clipfast.train.optimizer import resolve_optimizer_args
 from clipfast.train.trainer import TrainData, Trainer
 
 log = logging.getLogger("clipfast.train")
@@ -107,6 +108,7 @@ def run_train(args) -> int:
 
 
 def _train(args, info) -> int:
+    resolve_optimizer_args(args)  # --bf16-weights sets the precision
     args.precision = resolve_precision(args.precision, info.device)
     run_dir = _run_dir(args, info)
     resume = resolve_resume(args.resume, run_dir / "checkpoints")
