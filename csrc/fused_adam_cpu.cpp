@@ -3,9 +3,13 @@
 // are cut into kCpuChunk-element chunks that at::parallel_for spreads over the threads, and each chunk's loop
 // vectorizes (branch-free element code, cloned for AVX-512/AVX2 and picked at load time). Vectorizing needs
 // -fno-trapping-math (the selects) and -fno-math-errno (sqrtf); setup.py and CMakeLists.txt pass the latter,
-// whose pragma form GCC ignores for builtins.
+// whose pragma form GCC ignores for builtins. No FMA contraction (fp-contract=off): the vector body and the
+// scalar remainder of a loop then round alike, so an element's result does not depend on where its chunk or
+// shard starts (an FSDP2 shard steps exactly as the full tensor does).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
+#elif defined(__clang__)
+#pragma clang fp contract(off)
 #endif
 #include "fused_adam.h"
 
