@@ -148,3 +148,38 @@ def test_arguments_are_checked():
         AdamW(p, betas=(0.9, 1.0))
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         AdamW([torch.zeros(3, dtype=torch.float64, requires_grad=True)])
+
+
+@pytest.mark.parametrize("source, target", [("torch", "float32"), ("torch", "bfloat16"), ("torch", "float16"),
+                                            ("float16", "bfloat16"), ("bfloat16", "float16")])
+def test_load_state_dict_converts_saved_state_to_the_optimizers_options(source, target):
+    """A state saved by torch.optim.AdamW (fp32 m, v, none of our options) or with another state dtype loads into
+    the optimizer's own state dtype (fp16: scales from the moments' maxima); 20 more steps stay within the
+    bf16-state drift bound of the saved optimizer's own continuation (torch's fp32 into fp32: 1e-6 relative)."""
+    def make(cls, **kw):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
+        return params, cls(params, lr=1e-2, weight_decay=0.1, **kw)
+
+    def steps(params, opt, seed, n):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    params, opt = make(torch.optim.AdamW) if source == "torch" else make(AdamW, state_dtype=source)
+    steps(params, opt, 1, 10)
+    ours, opt_ours = make(AdamW, state_dtype=target)
+    with torch.no_grad():
+        for a, b in zip(ours, params):
+            a.copy_(b)
+    opt_ours.load_state_dict(opt.state_dict())
+    state = opt_ours.state[ours[0]]
+    assert state["exp_avg"].dtype == getattr(torch, target) and state["step"].item() == 10
+    assert ("fp16_scale" in state) == (target == "float16") and opt_ours.param_groups[0]["state_dtype"] == target
+    steps(params, opt, 2, 20)
+    steps(ours, opt_ours, 2, 20)
+    for a, b in zip(ours, params):
+        bound = 1e-6 * b.abs().max().item() if target == "float32" else 0.01 * 1e-2 * 20
+        assert (a - b).abs().max().item() <= bound

@@ -14,7 +14,8 @@ Options (per group; the constructor's are the defaults):
   ``B_m <- beta1 B_m + (1 - beta1) G`` bounds ``|m|`` and ``B_w <- sqrt(beta2 B_w^2 + (1 - beta2) G^2)`` bounds
   ``sqrt(v)``; the scale maps the bound to 2^15 (fp16 max 65504), so nothing overflows and a tensor whose
   gradients are 1e-8 (v = 1e-16, below fp16's 6e-8) keeps full fp16 precision. Cost: one extra read of the
-  gradients (``_foreach_norm(inf)``) and one host sync per step, fp16 state only.
+  gradients (``_foreach_norm(inf)``) and one host sync per step, fp16 state only (under FSDP2 also an
+  all-reduce of the per-tensor maxima, so every shard of a tensor has the same scales).
 - ``stochastic_rounding``: round bf16 parameters stochastically after the update (no master copy): with bf16
   weights + bf16 state that is 6 B per parameter (weights 2 + m 2 + v 2), against 16 for fp32 weights, m, v and
   grads. Random bits are a hash of (``seed``, step, tensor index, element index): reproducible, and identical
@@ -23,9 +24,12 @@ Options (per group; the constructor's are the defaults):
   round the parameter to nearest from it. The parameter is then a view of the master: changes made to it
   outside the optimizer are overwritten at the next step.
 
+Data parallel: under DDP every rank takes the same step. Parameters may be FSDP2 DTensors: the local shards
+are updated, each element drawing the random bits of its position in the full tensor, so sharded training
+takes the single-process steps bit for bit (tests/test_optim_distributed.py).
+
 Limits: ``amsgrad=False`` only; no sparse gradients, ``maximize``, ``capturable`` or ``differentiable``;
-complex parameters are not supported. Parameters may be plain tensors or FSDP2 DTensors (the local shards
-are updated).
+complex parameters are not supported.
 """
 import math
 
