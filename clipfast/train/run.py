@@ -143,8 +143,11 @@ def _train(args, info) -> int:
 
     backends = ", ".join(f"{op}={backend.describe(backend.select(op, info.device), info.device)}"
                          for op in backend.OP_BACKENDS)
-    log.info("training %s (%.2fM params, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model, n_params / 1e6,
-             args.precision, trainer.total_steps, info.world_size, info.device, backends, run_dir)
+    opt = args.optimizer if args.optimizer == "adamw" else (
+        f"{args.optimizer}, {args.opt_state_dtype} state{', SR of bf16 weights' if args.opt_stochastic_rounding else ''}"
+        f"{', fp32 masters' if args.opt_master_weights else ''}")
+    log.info("training %s (%.2fM params, %s, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model,
+             n_params / 1e6, args.precision, opt, trainer.total_steps, info.world_size, info.device, backends, run_dir)
     summary = trainer.fit()
     if info.is_master:
         if not args.no_plots and summary["interrupted"] is None:
