@@ -15,6 +15,7 @@ The stochastic-rounding seed is ``--seed`` (the same on every rank, so data-para
 """
 import torch
 
+from clipfast.optim import AdamW
 from clipfast.train.params import param_groups
 
 __all__ = ["OPTIMIZERS", "OPT_STATE_DTYPES", "resolve_optimizer_args", "build_optimizer"]
@@ -68,7 +69,5 @@ def build_optimizer(args, model: torch.nn.Module) -> torch.optim.Optimizer:
     hyper = dict(lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
     if args.optimizer == "adamw":
         return torch.optim.AdamW(groups, **hyper)
-    from clipfast.optim import AdamW
-
     return AdamW(groups, state_dtype=args.opt_state_dtype, stochastic_rounding=args.opt_stochastic_rounding,
                  master_weights=args.opt_master_weights, seed=getattr(args, "seed", 0), **hyper)
