@@ -38,9 +38,13 @@ DEMO_FLAGS ?= --model demo-vit --dataset-type shapes --train-num-samples 12800 -
 	--batch-size 128 --epochs 5 --lr 2e-3 --warmup 50 --wd 0.1 --keep-last 1 --log-every-n-steps 20 \
 	--logs logs --name demo-$(shell date +%Y%m%d-%H%M%S)
 
+# DEMO_EXTRA adds flags, e.g. `make demo DEMO_EXTRA=--bf16-weights` (clipfast.optim: bf16 weights with
+# stochastic rounding + bf16 Adam state, 6 B/param).
+DEMO_EXTRA ?=
+
 demo: build
 	$(PY) -m clipfast.info
-	$(VENV)/bin/clipfast train $(DEMO_FLAGS)
+	$(VENV)/bin/clipfast train $(DEMO_FLAGS) $(DEMO_EXTRA)
 
 bench: build
 	$(VENV)/bin/pytest bench --benchmark-only

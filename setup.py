@@ -62,7 +62,9 @@ def extensions():
     import torch
 
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform != "darwin" else []
-    cxx_flags, link_flags = ["-O3"] + openmp, openmp
+    # -fno-math-errno: sqrtf in a loop vectorizes only without errno (csrc/fused_adam_cpu.cpp; the pragma form
+    # of the flag does not reach GCC's builtin expansion). No source here reads errno.
+    cxx_flags, link_flags = ["-O3", "-fno-math-errno"] + openmp, openmp
     home, reason = cuda_toolkit()
     if home is None:
         print(f"clipfast: building the CPU extension only; CUDA skipped: {reason}")
@@ -87,7 +89,7 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.train", "clipfast.kernels",
+    packages=["clipfast", "clipfast.ops", "clipfast.nn", "clipfast.optim", "clipfast.train", "clipfast.kernels",
               "clipfast.model_configs"],
     package_dir={"clipfast.kernels": "kernels"},
     package_data={"clipfast": ["*.txt.gz", "*.md"], "clipfast.model_configs": ["*.json"]},

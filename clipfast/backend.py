@@ -29,6 +29,7 @@ OP_BACKENDS = {
     "attention": ("triton",),
     "attention_pool": (),
     "layer_norm": (),
+    "fused_adam": ("triton", "cuda"),
 }
 
 

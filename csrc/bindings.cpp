@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "fused_adam.h"
 #include "quick_gelu.h"
 
 TORCH_LIBRARY_FRAGMENT(clipfast, m) {
@@ -10,17 +11,25 @@ TORCH_LIBRARY_FRAGMENT(clipfast, m) {
   m.def("quick_gelu_fwd(Tensor x, Tensor? bias) -> Tensor");
   // (grad_x, grad_bias); grad_bias is (N,), or (0,) when bias is None.
   m.def("quick_gelu_bwd(Tensor grad, Tensor x, Tensor? bias) -> (Tensor, Tensor)");
+  // One Adam (decoupled=False) / AdamW step over every tensor in place; args is the (n, 7) float64 CPU table
+  // of per-tensor step_size, bc2_sqrt, SR key, fp16-state scales (fused_adam.h). Named _fwd like every op's
+  // first kernel (clipfast.backend probes <op>_fwd).
+  m.def("fused_adam_fwd(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] masters, Tensor args, float lr, float beta1, float beta2, float eps, float weight_decay, "
+        "bool decoupled, bool stochastic_rounding) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(clipfast, CPU, m) {
   m.impl("quick_gelu_fwd", &clipfast::quick_gelu_fwd_cpu);
   m.impl("quick_gelu_bwd", &clipfast::quick_gelu_bwd_cpu);
+  m.impl("fused_adam_fwd", &clipfast::fused_adam_fwd_cpu);
 }
 
 #ifdef CLIPFAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(clipfast, CUDA, m) {
   m.impl("quick_gelu_fwd", &clipfast::quick_gelu_fwd_cuda);
   m.impl("quick_gelu_bwd", &clipfast::quick_gelu_bwd_cuda);
+  m.impl("fused_adam_fwd", &clipfast::fused_adam_fwd_cuda);
 }
 #endif
 

@@ -76,6 +76,22 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta1", type=T.unit_interval_open, default=0.9, help="AdamW beta1; default: %(default)s")
     g.add_argument("--beta2", type=T.unit_interval_open, default=0.98, help="AdamW beta2; default: %(default)s")
     g.add_argument("--eps", type=T.positive_float, default=1e-6, help="AdamW epsilon; default: %(default)s")
+    g.add_argument("--optimizer", choices=("adamw", "clipfast-adamw"), default=None,
+                   help="adamw: torch.optim.AdamW (OpenCLIP's); clipfast-adamw: clipfast.optim.AdamW, one fused pass, "
+                        "bf16/fp16 m and v, stochastically rounded bf16 weights. default: adamw (clipfast-adamw with "
+                        "--bf16-weights)")
+    g.add_argument("--opt-state-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="clipfast-adamw: dtype of m and v (bfloat16: 4 B/param, stochastically rounded; float16: m and "
+                        "sqrt(v) with per-tensor scales). default: float32 (bfloat16 with --bf16-weights)")
+    g.add_argument("--opt-stochastic-rounding", action=argparse.BooleanOptionalAction, default=None,
+                   help="clipfast-adamw: round bf16 weights stochastically after each update (seeded by --seed); "
+                        "default: on with clipfast-adamw")
+    g.add_argument("--opt-master-weights", action="store_true",
+                   help="clipfast-adamw: keep fp32 master copies of fp16/bf16 weights in the optimizer state")
+    g.add_argument("--bf16-weights", action="store_true",
+                   help="bf16 weights updated with stochastic rounding (6 B/param with bf16 state): --precision "
+                        "pure_bf16 unless bf16/pure_bf16 is given, --optimizer clipfast-adamw, --opt-state-dtype "
+                        "bfloat16 unless given")
     g.add_argument("--warmup", type=T.int_at_least(0), default=100, help="linear warmup steps; default: %(default)s")
     g.add_argument("--lr-scheduler", choices=("cosine", "const"), default="cosine", help="after warmup; default: %(default)s")
     g.add_argument("--accum-freq", type=T.int_at_least(1), default=1,
@@ -237,6 +253,12 @@ def validate(args: argparse.Namespace) -> None:
             raise CliError(f"--train-data is required with --dataset-type {args.dataset_type}")
         if args.dataset_type == "webdataset" and not args.train_num_samples:
             raise CliError("--train-num-samples is required with --dataset-type webdataset")
+        from clipfast.train.optimizer import resolve_optimizer_args
+
+        try:
+            resolve_optimizer_args(args)
+        except ValueError as e:
+            raise CliError(str(e)) from None
 
 
 def main(argv=None) -> int:

@@ -16,13 +16,16 @@ What each side restores:
   of ``epoch``: from a mid-epoch ``latest.pt`` (``batch_in_epoch > 0``) it replays that epoch's first batches;
   ``step``, RNG and metrics are ignored.
 
-Optimizer state is checked before it is used: every moment must have its parameter's shape, and clipfast
+Optimizer state is checked before it is used: every moment must have its parameter's shape (``step`` and
+``clipfast.optim``'s ``fp16_scale`` are per tensor), and clipfast
 checkpoints with names (including ones saved before the parameter order matched OpenCLIP's) are re-indexed by
 name, so a state never lands on the wrong parameter.
 """
 import copy
 
 import torch
+
+from clipfast.optim import PER_TENSOR_STATE  # clipfast.optim's per-tensor entries (fp16 scales) are not moments
 
 __all__ = ["is_open_clip_checkpoint", "align_optimizer_state", "to_clipfast_state", "to_open_clip_checkpoint"]
 
@@ -79,7 +82,8 @@ def align_optimizer_state(optim_sd: dict, group_names: list, param_shapes: dict)
             if old in state:
                 entry = state[old]
                 for key, value in entry.items():
-                    if torch.is_tensor(value) and value.ndim > 0 and tuple(value.shape) != tuple(param_shapes[name]):
+                    if (torch.is_tensor(value) and value.ndim > 0 and key not in PER_TENSOR_STATE
+                            and tuple(value.shape) != tuple(param_shapes[name])):
                         raise ValueError(f"optimizer state: {key} of {name!r} has shape {tuple(value.shape)}, the "
                                          f"parameter {tuple(param_shapes[name])} (a state saved for another model or "
                                          "parameter order)")

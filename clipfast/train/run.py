@@ -20,6 +20,7 @@ from clipfast.train import distributed as dist_utils
 from clipfast.train.checkpointing import find_resume, load_checkpoint, plain_args, remove_stale_temporaries, run_files
 from clipfast.train import errors
 from clipfast.train.errors import RunError, RunRefused
+from clipfast.train.optimizer import resolve_optimizer_args
 from clipfast.train.runlock import RunLock
 from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
 
@@ -118,6 +119,7 @@ def run_train(args) -> int:
     info = dist_utils.init_distributed(args.device)
     try:
         with contextlib.ExitStack() as stack:
+            resolve_optimizer_args(args)  # --bf16-weights sets the precision
             args.precision = resolve_precision(args.precision, info.device)
             run_dir = _run_dir(args, info)
             resume, state = _open_run(args, info, run_dir, stack)
@@ -206,8 +208,11 @@ def _train(args, info, run_dir: Path, resume, state) -> int:
 
     backends = ", ".join(f"{op}={backend.describe(backend.select(op, info.device), info.device)}"
                          for op in backend.OP_BACKENDS)
-    log.info("training %s (%.2fM params, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model, n_params / 1e6,
-             args.precision, trainer.total_steps, info.world_size, info.device, backends, run_dir)
+    opt = args.optimizer if args.optimizer == "adamw" else (
+        f"{args.optimizer}, {args.opt_state_dtype} state{', SR of bf16 weights' if args.opt_stochastic_rounding else ''}"
+        f"{', fp32 masters' if args.opt_master_weights else ''}")
+    log.info("training %s (%.2fM params, %s, %s) for %d steps on %d x %s; ops: %s; run dir %s", args.model,
+             n_params / 1e6, args.precision, opt, trainer.total_steps, info.world_size, info.device, backends, run_dir)
     summary = trainer.fit()
     if info.is_master:
         if not args.no_plots and summary["interrupted"] is None:

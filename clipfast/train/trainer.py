@@ -33,6 +33,7 @@ from clipfast.train import checkpointing as ckpt
 from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
 from clipfast.train.errors import BadDataError
 from clipfast.train.params import param_groups
+from clipfast.train.optimizer import build_optimizer
 from clipfast.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ class Trainer:
                              "lower --batch-size or --accum-freq, or use more data")
         self.total_steps = self.steps_per_epoch * args.epochs
         base = unwrap_model(model)
-        self.optimizer = torch.optim.AdamW(param_groups(base, args.wd, getattr(args, "wd_exclude_embeddings", False)),
-                                           lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+        self.optimizer = build_optimizer(args, base)  # --optimizer: torch's AdamW or clipfast.optim.AdamW
         self.scheduler = WarmupCosine(self.optimizer, args.lr, args.warmup, self.total_steps, getattr(args, "lr_scheduler", "cosine"))
         self.scaler = torch.amp.GradScaler(self.device.type) if args.precision == "amp" else None
         self.step = self.epoch = self.batch_in_epoch = 0

@@ -23,6 +23,8 @@ MODES = {
     "accum2": dict(gather_with_grad=True, accum=2),
     "fsdp": dict(gather_with_grad=True, fsdp=True),
     "ring": dict(mode="ring"),
+    "ddp_clipfast_adamw": dict(gather_with_grad=True, optimizer="clipfast-adamw"),
+    "fsdp_clipfast_adamw": dict(gather_with_grad=True, fsdp=True, optimizer="clipfast-adamw"),
 }
 
 
@@ -45,7 +47,8 @@ def main():
         loss = clip_loss(local_loss=cfg.get("local_loss", False), gather_with_grad=cfg.get("gather_with_grad", False),
                          rank=info.rank, world_size=info.world_size, **kw)
         data = RandomPairs(48).train_data(a.batch_size // accum, info.rank, info.world_size)
-        trainer = Trainer(train_args(epochs=1, accum_freq=accum, grad_clip_norm=1.0), wrapped, loss, data, info=info)
+        opt = {"optimizer": cfg["optimizer"]} if "optimizer" in cfg else {}  # clipfast.optim.AdamW, fp32 state
+        trainer = Trainer(train_args(epochs=1, accum_freq=accum, grad_clip_norm=1.0, **opt), wrapped, loss, data, info=info)
         losses = []
         trainer.add_callback(lambda t, s: losses.append(all_reduce_mean(s["loss"]).item()))
         trainer.fit()

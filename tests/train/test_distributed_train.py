@@ -9,7 +9,7 @@ import pytest
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-MODES = "gather_with_grad,local_loss,accum2,fsdp,ring"
+MODES = "gather_with_grad,local_loss,accum2,fsdp,ring,ddp_clipfast_adamw,fsdp_clipfast_adamw"
 
 
 def _run(cmd, out):
@@ -21,7 +21,8 @@ def _run(cmd, out):
 
 @pytest.mark.slow
 def test_two_process_gloo_equals_single_process(tmp_path):
-    """Per-rank batch 4 on 2 ranks vs batch 8 alone: DDP (gather-with-grad, local loss, accum 2, ring loss), FSDP2."""
+    """Per-rank batch 4 on 2 ranks vs batch 8 alone: DDP (gather-with-grad, local loss, accum 2, ring loss), FSDP2;
+    DDP and FSDP2 with clipfast.optim.AdamW (fp32 state: torch's AdamW steps to fp32 rounding)."""
     single = _run([sys.executable, str(WORKER), "--batch-size", "8", "--modes", "gather_with_grad"], tmp_path / "one.json")
     multi = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
                   "--batch-size", "4", "--modes", MODES], tmp_path / "two.json")
