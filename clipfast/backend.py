@@ -26,7 +26,7 @@ OP_BACKENDS = {
     "quick_gelu": ("triton", "cuda"),
     "contrastive_loss": ("triton",),
     "sigmoid_loss": ("triton",),
-    "attention": (),
+    "attention": ("triton",),
     "attention_pool": (),
     "layer_norm": (),
 }

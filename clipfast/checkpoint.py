@@ -15,6 +15,7 @@
 import copy
 import logging
 import math
+import os
 import re
 import warnings
 import zipfile
@@ -58,8 +59,14 @@ def load_state_dict(path, device="cpu", weights_only=True):
 
     Returns:
         ``dict[str, Tensor]`` without ``module.`` / ``_orig_mod.`` prefixes (OpenAI int entries, if any, kept).
+
+    Raises:
+        ValueError: naming ``path`` for an empty file, one ``torch.load`` cannot read (truncated, not a PyTorch
+            file), a TorchScript archive with ``weights_only=True``, or one without a state dict.
     """
     path = str(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"path={path!r}: the checkpoint file is empty (0 bytes): an interrupted copy or write?")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -71,7 +78,11 @@ def load_state_dict(path, device="cpu", weights_only=True):
                              "weights_only=False, or convert it once: torch.save(torch.jit.load(p).state_dict(), q)")
         checkpoint = torch.jit.load(path, map_location=device).state_dict()
     else:
-        checkpoint = torch.load(path, map_location=device, weights_only=weights_only)
+        try:
+            checkpoint = torch.load(path, map_location=device, weights_only=weights_only)
+        except (EOFError, RuntimeError, zipfile.BadZipFile) as e:  # truncated file, not a torch file
+            raise ValueError(f"path={path!r}: cannot read the checkpoint (truncated or not a PyTorch file): "
+                             f"{type(e).__name__}: {e}") from e
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not checkpoint:

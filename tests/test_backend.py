@@ -20,7 +20,8 @@ def test_interpreter_selects_triton_for_cpu_tensors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("CLIPFAST_BACKEND", raising=False)
     assert backend.select("quick_gelu", CPU) == "triton"
-    assert backend.select("attention", CPU) == "reference"
+    assert backend.select("attention", CPU) == "triton"
+    assert backend.select("layer_norm", CPU) == "reference"  # no accelerated backend
 
 
 def test_without_interpreter_cpu_never_picks_triton(monkeypatch):

@@ -9,10 +9,13 @@ A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(..., weights
      "state_dict": model (unwrapped, OpenCLIP key names),
      "optimizer": ..., "scaler": ... or None,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor] or None, "python": tuple, "numpy": dict},
-     "metrics": dict}
+     "metrics": dict,
+     "batch_size": int, "world_size": int, "accum_freq": int}   # a resume must keep these (check_resumable)
 
 Writes go to ``<path>.tmp-<pid>`` then ``os.replace`` to ``path``, so a crash or signal mid-write
-never leaves a truncated checkpoint under the final name.
+never leaves a truncated checkpoint under the final name; :func:`remove_stale_temporaries` deletes the
+temporaries of writers that died. :func:`find_resume` picks what ``--resume`` continues from (loaded once)
+and :func:`check_resumable` refuses plain weights and another batch size, world size or accum_freq.
 """
 import logging
 import os
@@ -24,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipfast.train.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 _EPOCH_RE = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pt$")
+_TMP_RE = re.compile(r"^.+\.tmp-(\d+)$")
 
 
 def atomic_save(obj, path) -> Path:
@@ -51,11 +57,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
     Raises:
         FileNotFoundError: naming ``path`` when it does not exist.
+        CheckpointError: naming ``path`` when it is empty or cannot be read (truncated, not a torch file,
+            or holding objects ``weights_only`` refuses); the cause is chained.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted copy or write?")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - EOFError, RuntimeError (zip reader), UnpicklingError, ...
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded (truncated, not a PyTorch file, or "
+                              f"refused by weights_only): {type(e).__name__}: {e}") from e
 
 
 def checkpoint_files(ckpt_dir) -> list:
@@ -79,17 +93,109 @@ def keep_last_k(ckpt_dir, k: int) -> list:
     return doomed
 
 
-def resolve_resume(resume, ckpt_dir) -> "Path | None":
-    """``--resume`` value to a file: a path, or ``"latest"`` = ``ckpt_dir/latest.pt`` if it exists."""
+def is_trainer_state(state) -> bool:
+    """True for a training checkpoint (clipfast's or ``open_clip_train``'s): a dict with ``state_dict`` and ``epoch``."""
+    return isinstance(state, dict) and "state_dict" in state and "epoch" in state
+
+
+# Fields that fix how the data position and the schedule count batches: a resume must keep them.
+RUN_SHAPE_KEYS = ("batch_size", "world_size", "accum_freq")
+
+
+def check_resumable(state, path, **current) -> None:
+    """Refuse ``state`` (read from ``path``) for a run with ``current`` ``batch_size``/``world_size``/``accum_freq``.
+
+    Raises:
+        CheckpointError: for a plain weights file (no trainer state: suggests ``--pretrained``), or when a field of
+            :data:`RUN_SHAPE_KEYS` saved in the checkpoint differs from ``current``. Checkpoints written before the
+            fields existed (and OpenCLIP's) are accepted.
+    """
+    if not is_trainer_state(state):
+        raise CheckpointError(f"--resume: {str(path)!r} is a plain weights file (a state dict without trainer state: "
+                              f"epoch, step, optimizer); to start a new run from these weights pass --pretrained {path}")
+    diff = [k for k in RUN_SHAPE_KEYS if state.get(k) is not None and k in current and current[k] != state[k]]
+    if diff:
+        saved = ", ".join(f"{k}={state[k]}" for k in diff)
+        now = ", ".join(f"{k}={current[k]}" for k in diff)
+        raise CheckpointError(f"--resume: {str(path)!r} was written with {saved}; this run has {now}. The data position "
+                              "and the lr schedule are counted in those batches, so resuming needs the same --batch-size, "
+                              "--accum-freq and number of processes; to continue with other values start a new run "
+                              f"(another --name) with --pretrained {path}")
+
+
+def find_resume(resume, ckpt_dir) -> tuple:
+    """``--resume`` value -> ``(path, state)`` loaded once, or ``(None, None)`` for a fresh start.
+
+    ``resume`` is None (no resume), a file, or ``"latest"``: the first loadable trainer checkpoint of
+    ``ckpt_dir/latest.pt`` then ``epoch_*.pt`` newest first; files that do not load are skipped with a warning
+    naming them. ``"latest"`` with no checkpoint file at all starts fresh.
+
+    Raises:
+        FileNotFoundError: an explicit file that does not exist.
+        CheckpointError: an explicit file that does not load, or ``"latest"`` when checkpoint files exist but
+            none loads.
+    """
     if not resume:
-        return None
-    if resume == "latest":
-        latest = Path(ckpt_dir) / "latest.pt"
-        return latest if latest.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {resume!r} does not exist")
-    return path
+        return None, None
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: checkpoint {resume!r} does not exist")
+        return path, load_checkpoint(path)
+    ckpt_dir = Path(ckpt_dir)
+    latest = ckpt_dir / "latest.pt"
+    candidates = ([latest] if latest.is_file() else []) + checkpoint_files(ckpt_dir)[::-1]
+    reasons = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            if not is_trainer_state(state):
+                raise CheckpointError(f"checkpoint {str(path)!r} holds no trainer state (plain weights)")
+        except CheckpointError as e:
+            log.warning("--resume latest: skipping %s: %s", path, e)
+            reasons.append(f"{path.name}: {e}")
+            continue
+        return path, state
+    if candidates:
+        raise CheckpointError(f"--resume latest: none of the {len(candidates)} checkpoint(s) in {str(ckpt_dir)!r} loads ("
+                              + "; ".join(reasons) + "); pass --resume FILE, or move them away to start afresh")
+    return None, None
+
+
+def run_files(run_dir) -> list:
+    """What a run folder holds that a new run would overwrite: checkpoint files and a non-empty metrics.jsonl."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append(metrics)
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(ckpt_dir) -> list:
+    """Delete ``*.tmp-<pid>`` files of :func:`atomic_save` whose writer (another pid, on this host) is dead.
+
+    Call it while holding the run folder's lock (no other writer is then expected). Returns the deleted paths.
+    """
+    removed = []
+    for p in sorted(Path(ckpt_dir).glob("*.tmp-*")) if Path(ckpt_dir).is_dir() else []:
+        m = _TMP_RE.match(p.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        p.unlink(missing_ok=True)
+        log.info("removed %s (a checkpoint write of process %s, which is no longer running)", p, m.group(1))
+        removed.append(p)
+    return removed
 
 
 def rng_state() -> dict:

@@ -7,13 +7,17 @@
     clipfast eval --model demo-vit --pretrained logs/demo/checkpoints/latest.pt
 
 ``--config`` takes a .json or .yaml mapping whose keys are flag names (``batch-size`` or
-``batch_size``); explicit flags win over the file.
+``batch_size``); explicit flags win over the file. Its values are checked like command-line ones (types,
+ranges, choices; a switch takes true/false, null keeps a None default); unknown keys are an error.
+Numeric flags are range-checked by ``clipfast.train.argtypes``; every refusal happens before any work.
 """
 import argparse
 import json
 import logging
 import sys
 from pathlib import Path
+
+from clipfast.train import argtypes as T
 
 log = logging.getLogger("clipfast.train")
 
@@ -32,8 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="amp: fp16 autocast + GradScaler; amp_bf16: bf16 autocast; fp16/bf16: low-precision weights with "
                         "fp32 LayerNorm; pure_fp16/pure_bf16: whole model cast; fp32. auto: amp_bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--force-context-length", type=int, default=None, help="override the text tower's context length")
-    g.add_argument("--force-image-size", type=int, default=None, help="override the vision tower's image size")
+    g.add_argument("--force-context-length", type=T.int_at_least(1), default=None, help="override the text tower's context length")
+    g.add_argument("--force-image-size", type=T.int_at_least(1), default=None, help="override the vision tower's image size")
     g.add_argument("--force-quick-gelu", action="store_true", help="use QuickGELU (OpenAI weights)")
     g.add_argument("--list-models", action="store_true", help="print the model config names and exit")
     g = p.add_argument_group("data")
@@ -42,16 +46,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "<stem>.txt captions); webdataset; auto: from the --train-data path. default: %(default)s")
     g.add_argument("--train-data", default=None, help="csv file or webdataset shards (brace notation) for training")
     g.add_argument("--val-data", default=None, help="csv file or webdataset shards for validation")
-    g.add_argument("--train-num-samples", type=int, default=None, help="samples per epoch (required for webdataset)")
-    g.add_argument("--val-num-samples", type=int, default=None, help="validation samples (webdataset)")
+    g.add_argument("--train-num-samples", type=T.int_at_least(1), default=None, help="samples per epoch (required for webdataset)")
+    g.add_argument("--val-num-samples", type=T.int_at_least(1), default=None, help="validation samples (webdataset)")
     g.add_argument("--csv-separator", default="\t", help="csv column separator; default: tab")
     g.add_argument("--csv-img-key", default="filepath", help="csv column with image paths; default: %(default)s")
     g.add_argument("--csv-caption-key", default="title", help="csv column with captions; default: %(default)s")
-    g.add_argument("--workers", type=int, default=1, help="data loader worker processes per rank; default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=64, help="micro-batch size per process; default: %(default)s")
+    g.add_argument("--workers", type=T.int_at_least(0), default=1, help="data loader worker processes per rank; default: %(default)s")
+    g.add_argument("--batch-size", type=T.int_at_least(1), default=64, help="micro-batch size per process; default: %(default)s")
+    g.add_argument("--max-bad-sample-fraction", type=T.fraction, default=0.5,
+                   help="stop with an error when more than this share of the first --bad-sample-window loads are bad "
+                        "(missing/corrupt images, short rows, unreadable shard members); 1: never. default: %(default)s")
+    g.add_argument("--bad-sample-window", type=T.int_at_least(1), default=1000,
+                   help="loads per rank over which --max-bad-sample-fraction is judged; default: %(default)s")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda; default: %(default)s")
-    g.add_argument("--seed", type=int, default=0, help="seeds model init, data order and RNGs; default: %(default)s")
+    g.add_argument("--seed", type=T.seed, default=0, help="seeds model init, data order and RNGs; default: %(default)s")
     g.add_argument("--logs", default="./logs", help="root folder of runs: {logs}/{name}/...; default: %(default)s")
     g.add_argument("--name", default=None, help="run name; default: model-date-time")
     g.add_argument("--log-level", default="INFO", help="logging level; default: %(default)s")
@@ -60,18 +69,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=10, help="epochs to train; default: %(default)s")
-    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate; default: %(default)s")
-    g.add_argument("--wd", type=float, default=0.2, help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
+    g.add_argument("--epochs", type=T.int_at_least(1), default=10, help="epochs to train; default: %(default)s")
+    g.add_argument("--lr", type=T.positive_float, default=5e-4, help="peak learning rate; default: %(default)s")
+    g.add_argument("--wd", type=T.nonnegative_float, default=0.2, help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
     g.add_argument("--wd-exclude-embeddings", action="store_true", help="also no weight decay on 2-D embeddings")
-    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1; default: %(default)s")
-    g.add_argument("--beta2", type=float, default=0.98, help="AdamW beta2; default: %(default)s")
-    g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon; default: %(default)s")
-    g.add_argument("--warmup", type=int, default=100, help="linear warmup steps; default: %(default)s")
+    g.add_argument("--beta1", type=T.unit_interval_open, default=0.9, help="AdamW beta1; default: %(default)s")
+    g.add_argument("--beta2", type=T.unit_interval_open, default=0.98, help="AdamW beta2; default: %(default)s")
+    g.add_argument("--eps", type=T.positive_float, default=1e-6, help="AdamW epsilon; default: %(default)s")
+    g.add_argument("--warmup", type=T.int_at_least(0), default=100, help="linear warmup steps; default: %(default)s")
     g.add_argument("--lr-scheduler", choices=("cosine", "const"), default="cosine", help="after warmup; default: %(default)s")
-    g.add_argument("--accum-freq", type=int, default=1,
+    g.add_argument("--accum-freq", type=T.int_at_least(1), default=1,
                    help="micro-batches per optimizer step, with cached features as negatives (exact for the contrastive loss)")
-    g.add_argument("--grad-clip-norm", type=float, default=None, help="clip the global gradient norm to this")
+    g.add_argument("--grad-clip-norm", type=T.positive_float, default=None, help="clip the global gradient norm to this")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in backward")
     g.add_argument("--torchcompile", action="store_true", help="torch.compile the (wrapped) model")
     g = p.add_argument_group("loss and distributed (run under torchrun)")
@@ -83,12 +92,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block instead of DDP")
     g.add_argument("--ddp-static-graph", action="store_true", help="DDP static_graph=True")
     g = p.add_argument_group("evaluation, checkpoints, logging")
-    g.add_argument("--zeroshot-frequency", type=int, default=1, help="zero-shot eval every N epochs (0: never); default: %(default)s")
-    g.add_argument("--save-frequency", type=int, default=1, help="epoch_K.pt every N epochs (0: never); default: %(default)s")
-    g.add_argument("--save-every-n-steps", type=int, default=0, help="also save latest.pt every N steps (0: never)")
-    g.add_argument("--keep-last", type=int, default=0, help="keep only the newest K epoch_*.pt (0: all)")
-    g.add_argument("--resume", default=None, help="checkpoint file to resume from, or 'latest' ({logs}/{name}/checkpoints/latest.pt)")
-    g.add_argument("--log-every-n-steps", type=int, default=10, help="metrics line every N steps; default: %(default)s")
+    g.add_argument("--zeroshot-frequency", type=T.int_at_least(0), default=1, help="zero-shot eval every N epochs (0: never); default: %(default)s")
+    g.add_argument("--save-frequency", type=T.int_at_least(0), default=1, help="epoch_K.pt every N epochs (0: never); default: %(default)s")
+    g.add_argument("--save-every-n-steps", type=T.int_at_least(0), default=0, help="also save latest.pt every N steps (0: never)")
+    g.add_argument("--keep-last", type=T.int_at_least(0), default=0, help="keep only the newest K epoch_*.pt (0: all)")
+    g.add_argument("--resume", default=None,
+                   help="checkpoint file to resume from, or 'latest': the newest loadable checkpoint of {logs}/{name} "
+                        "(latest.pt, else the newest epoch_*.pt; a fresh start when there is none). The run must keep "
+                        "--batch-size, --accum-freq and the number of processes (else it refuses: the data position and "
+                        "schedule are counted in those batches); to change them start a new run with --pretrained FILE")
+    g.add_argument("--log-every-n-steps", type=T.int_at_least(1), default=10, help="metrics line every N steps; default: %(default)s")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
 
@@ -111,36 +124,86 @@ def _load_config(path: str) -> dict:
     if not p.is_file():
         raise CliError(f"--config: file {path!r} does not exist")
     text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
 
-        cfg = yaml.safe_load(text)
-    elif p.suffix.lower() == ".json":
-        cfg = json.loads(text)
-    else:
-        raise CliError(f"--config: expected a .json, .yaml or .yml file, got {path!r}")
+            cfg = yaml.safe_load(text)
+        elif p.suffix.lower() == ".json":
+            cfg = json.loads(text)
+        else:
+            raise CliError(f"--config: expected a .json, .yaml or .yml file, got {path!r}")
+    except CliError:
+        raise
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError, json.JSONDecodeError
+        raise CliError(f"--config {path}: cannot parse the file: {e}") from None
     if not isinstance(cfg, dict):
         raise CliError(f"--config: {path!r} must hold a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in cfg.items()}
 
 
+def _config_tokens(sub: argparse.ArgumentParser, cfg: dict, path: str) -> list:
+    """``cfg`` (dest -> value) as command-line tokens, so argparse's types and choices apply to it.
+
+    A switch (``store_true``) is its flag when true and nothing when false; ``null`` keeps the default
+    (allowed only where the default is None); lists are for flags taking several values.
+    """
+    actions = {a.dest: a for a in sub._actions if a.option_strings}
+    unknown = sorted(set(cfg) - set(actions) - {"config"})
+    if unknown:
+        raise CliError(f"--config {path}: unknown keys {unknown}")
+    tokens = []
+    for dest, value in cfg.items():
+        if dest == "config":
+            continue
+        action = actions[dest]
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise CliError(f"--config {path}: {flag} is a switch: expected true or false, got {value!r}")
+            tokens += [flag] if value else []
+        elif value is None:
+            if action.default is not None:
+                raise CliError(f"--config {path}: {flag}: null is not a value (default {action.default!r})")
+        elif isinstance(value, (list, tuple)) or isinstance(value, dict):
+            if action.nargs in (None, "?") or not isinstance(value, (list, tuple)):
+                raise CliError(f"--config {path}: {flag} takes one value, got {value!r}")
+            tokens += [flag, *map(str, value)]
+        else:
+            tokens.append(f"{flag}={str(value).lower() if isinstance(value, bool) else value}")
+    return tokens
+
+
+def _strict_parse(sub: argparse.ArgumentParser, tokens: list) -> None:
+    """Parse ``tokens`` with ``sub``, raising :class:`CliError` instead of exiting."""
+    def error(message):
+        raise CliError(message)
+
+    sub.error = error
+    try:
+        sub.parse_args(tokens)
+    finally:
+        del sub.error
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``), applying ``--config`` under the explicit flags."""
+    """Parse ``argv`` (default ``sys.argv[1:]``), applying ``--config`` under the explicit flags.
+
+    The file's values become tokens placed right after the sub-command, before the explicit flags (which
+    therefore win), and go through the same types and choices; an error names the file and the flag.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.config:
         sub = parser._subparsers._group_actions[0].choices[args.command]
         try:
-            cfg = _load_config(args.config)
+            tokens = _config_tokens(sub, _load_config(args.config), args.config)
+            _strict_parse(sub, tokens)
         except CliError as e:
-            sub.error(str(e))
-        known = {a.dest for a in sub._actions}
-        unknown = sorted(set(cfg) - known - {"config"})
-        if unknown:
-            sub.error(f"--config {args.config}: unknown keys {unknown}")
-        sub.set_defaults(**{k: v for k, v in cfg.items() if k != "config"})
-        args = parser.parse_args(argv)
+            sub.error(str(e) if str(e).startswith("--config") else f"--config {args.config}: {e}")
+        at = argv.index(args.command) + 1
+        args = parser.parse_args(argv[:at] + tokens + argv[at:])
     return args
 
 
@@ -151,8 +214,14 @@ def validate(args: argparse.Namespace) -> None:
     models = clipfast.list_models()
     if args.model not in models and not Path(args.model).is_file():
         raise CliError(f"--model: unknown model {args.model!r}; choose one of: {', '.join(models)}")
-    if args.pretrained and not Path(args.pretrained).is_file():
-        raise CliError(f"--pretrained: checkpoint {args.pretrained!r} does not exist")
+    files = [("pretrained", args.pretrained)]
+    if getattr(args, "resume", None) not in (None, "latest"):
+        files.append(("resume", args.resume))
+    for flag, value in files:
+        if value and not Path(value).is_file():
+            raise CliError(f"--{flag}: checkpoint {value!r} does not exist")
+        if value and Path(value).stat().st_size == 0:
+            raise CliError(f"--{flag}: checkpoint {value!r} is empty (0 bytes): an interrupted copy or write?")
     for flag in ("train_data", "val_data"):
         value = getattr(args, flag)
         if value and args.dataset_type in ("csv", "folder", "auto") and not Path(value).exists():
@@ -168,11 +237,6 @@ def validate(args: argparse.Namespace) -> None:
             raise CliError(f"--train-data is required with --dataset-type {args.dataset_type}")
         if args.dataset_type == "webdataset" and not args.train_num_samples:
             raise CliError("--train-num-samples is required with --dataset-type webdataset")
-        for flag in ("batch_size", "epochs", "accum_freq"):
-            if getattr(args, flag) < 1:
-                raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-        if args.warmup < 0:
-            raise CliError(f"--warmup must be >= 0, got {args.warmup}")
 
 
 def main(argv=None) -> int:
@@ -191,8 +255,13 @@ def main(argv=None) -> int:
         print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
         return 2
     from clipfast.train import run
+    from clipfast.train.errors import RunError
 
-    return run.run_train(args) if args.command == "train" else run.run_eval(args)
+    try:
+        return run.run_train(args) if args.command == "train" else run.run_eval(args)
+    except RunError as e:
+        print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_status
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ Bad samples. An image that is missing, truncated or undecodable is replaced in t
 stay full (data-parallel ranks must all-gather equal batch sizes): map-style data draws another index
 (a deterministic function of the item's seed), webdataset moves on to the next sample of the stream.
 Every failed load is counted: ``loader.num_skipped`` (this iteration) and a warning at the end of each
-pass. A shard that cannot be read any further is logged and skipped. Nothing bad in the data raises
-mid-epoch.
+pass. A shard that cannot be read any further is logged, skipped and counted. When more than
+``max_bad_fraction`` (default 0.5) of the first ``bad_window`` (1000) loads of a pass fail, iterating raises
+``BadDataError`` naming an example (CSV file and line, image path, or shard and member) - a dataset that is
+mostly broken stops the run instead of training on nothing.
 
 Order (``build_dataloader``). Map-style data: epoch ``e`` uses the permutation seeded by
 ``(seed, e)``; global batch ``i`` is ``perm[i*B*W:(i+1)*B*W]`` and rank ``r`` takes its ``r``-th
@@ -32,13 +34,12 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from PIL import Image
+from clipfast.train.badsamples import DEFAULT_BAD_WINDOW, DEFAULT_MAX_BAD_FRACTION, BadSampleMonitor
 
 __all__ = ["build_dataset", "build_dataloader", "collate_drop_none", "expand_shards", "CsvDataset", "FolderDataset",
            "WebDatasetPairs", "ShapesPairs", "SyntheticDataset", "Loader", "IMAGE_EXTENSIONS"]
@@ -75,16 +76,16 @@ def expand_shards(spec: str) -> list[str]:
     return [s for part in str(spec).split("::") if part for s in braceexpand.braceexpand(part)]
 
 
-def _load_image(source) -> Optional["Image.Image"]:
-    """RGB PIL image from a path or bytes; None (logged at debug) when missing or undecodable."""
+def _open_image(source) -> tuple:
+    """``(RGB PIL image, None)`` from a path or bytes, or ``(None, reason)`` when missing or undecodable."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
-            return im.convert("RGB")  # forces the full decode inside the try
+            return im.convert("RGB"), None  # forces the full decode inside the try
     except Exception as e:  # noqa: BLE001 - any decode failure is a bad sample
         log.debug("bad image %s: %s", source if not isinstance(source, (bytes, bytearray)) else "<bytes>", e)
-        return None
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _to_tensor(image) -> torch.Tensor:
@@ -98,21 +99,27 @@ def _tokens(tokenizer: Callable, caption: str) -> torch.Tensor:
 
 
 class _PairMixin:
-    """Shared by the file datasets: turn (image source, caption) into a pair or None."""
+    """Shared by the file datasets: turn (image source, caption) into a pair or None.
+
+    After a None, ``last_error`` says why (read by ``describe_bad`` in the same process).
+    """
 
     transform: Optional[Callable]
     tokenizer: Callable
+    last_error: str = ""
 
     def _pair(self, source, caption: Optional[str]):
         if caption is None:
+            self.last_error = "no caption"
             return None
-        image = _load_image(source)
+        image, self.last_error = _open_image(source)
         if image is None:
             return None
         try:
             x = (self.transform or _to_tensor)(image)
         except Exception as e:  # noqa: BLE001 - e.g. a zero-sized image through a crop
             log.debug("transform failed: %s", e)
+            self.last_error = f"transform failed: {type(e).__name__}: {e}"
             return None
         return x, _tokens(self.tokenizer, caption)
 
@@ -127,7 +134,8 @@ class CsvDataset(_PairMixin, torch.utils.data.Dataset):
         img_key / caption_key: column names of the image path and the caption.
         sep: column separator.
 
-    Items: ``(image, tokens (L,))`` or None for a missing/corrupt image (dropped by the loader).
+    Items: ``(image, tokens (L,))`` or None for a missing/corrupt image or a short row (replaced by the
+    loader); ``describe_bad(i)`` names the file, line and reason.
     """
 
     def __init__(self, path, transform, tokenizer, img_key="filepath", caption_key="title", sep="\t"):
@@ -136,13 +144,18 @@ class CsvDataset(_PairMixin, torch.utils.data.Dataset):
             raise FileNotFoundError(f"data: CSV file {str(path)!r} does not exist")
         with open(self.path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter=sep)
-            fields = reader.fieldnames or []
-            for key, flag in ((img_key, "csv_img_key"), (caption_key, "csv_caption_key")):
-                if key not in fields:
-                    raise ValueError(f"{flag}: column {key!r} not in {str(path)!r} (columns: {fields}; separator {sep!r})")
-            rows = [(r[img_key], r[caption_key]) for r in reader]
-        self.images = [p for p, _ in rows]
-        self.captions = [c for _, c in rows]
+            try:
+                fields = reader.fieldnames or []
+                for key, flag in ((img_key, "csv_img_key"), (caption_key, "csv_caption_key")):
+                    if key not in fields:
+                        raise ValueError(f"{flag}: column {key!r} not in {str(path)!r} (columns: {fields}; "
+                                         f"separator {sep!r})")
+                rows = [(r[img_key], r[caption_key], reader.line_num) for r in reader]
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise ValueError(f"data: {str(path)!r}, near line {reader.line_num + 1}: cannot parse the CSV: {e}") from e
+        self.images = [p for p, _, _ in rows]
+        self.captions = [c for _, c, _ in rows]
+        self.lines = np.asarray([n for _, _, n in rows], dtype=np.int64)  # each row's line (the header is line 1)
         self.transform, self.tokenizer = transform, tokenizer
         log.debug("CsvDataset %s: %d rows", path, len(rows))
 
@@ -156,7 +169,14 @@ class CsvDataset(_PairMixin, torch.utils.data.Dataset):
         return self.path.parent / q
 
     def __getitem__(self, index: int):
+        if self.images[index] is None or self.captions[index] is None:
+            self.last_error = "short row (missing the image or caption column)"
+            return None
         return self._pair(self._resolve(self.images[index]), self.captions[index])
+
+    def describe_bad(self, index: int) -> str:
+        """Where and why item ``index`` failed (after a failed load in this process)."""
+        return f"{self.path}, line {self.lines[index]} (image {self.images[index]!r}): {self.last_error}"
 
 
 class FolderDataset(_PairMixin, torch.utils.data.Dataset):
@@ -188,6 +208,10 @@ class FolderDataset(_PairMixin, torch.utils.data.Dataset):
             log.debug("bad caption %s: %s", path, e)
             caption = None
         return self._pair(path, caption)
+
+    def describe_bad(self, index: int) -> str:
+        """Which image failed and why (after a failed load in this process)."""
+        return f"{self.images[index]}: {self.last_error}"
 
 
 class ShapesPairs(torch.utils.data.Dataset):
@@ -250,9 +274,10 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
     list when there are at least ``R`` shards, else every ``R``-th sample of every shard. With
     ``shuffle`` a 1000-sample buffer (seeded by seed, epoch, rank, worker) reorders samples.
     Augmentation randomness is seeded per sample, so resuming with ``skip_batches`` is exact.
-    Items are ``(pair, failed loads since the previous item)``; a bad sample is passed over (batches
-    stay full) and counted by the loader; unreadable shard remains are logged and skipped
-    (``warn_and_continue``-style). Resuming decodes the skipped samples to find the good ones.
+    Items are ``(pair, failed loads since the previous item, an example of them)``; a bad sample is passed
+    over (batches stay full) and counted by the loader; unreadable shard remains are logged, skipped
+    (``warn_and_continue``-style) and counted as one failed load each. Cycling stops after a pass in which
+    nothing decoded. Resuming decodes the skipped samples to find the good ones.
     ``len()`` is ``num_samples``.
     """
 
@@ -265,7 +290,9 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
             raise FileNotFoundError(f"data: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
         self.transform, self.tokenizer = transform, tokenizer
         self.num_samples, self.shuffle_buffer = num_samples, shuffle_buffer
-        self.plan = dict(seed=0, epoch=0, rank=0, world_size=1, batch_size=1, workers=0, skip_batches=0, shuffle=False)
+        self.plan = dict(seed=0, epoch=0, rank=0, world_size=1, batch_size=1, workers=0, skip_batches=0, shuffle=False,
+                         max_bad_fraction=DEFAULT_MAX_BAD_FRACTION, bad_window=DEFAULT_BAD_WINDOW)
+        self._errors, self._last_error = [], ""
 
     def __len__(self) -> int:
         if self.num_samples is None:
@@ -280,6 +307,9 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
 
     def _handler(self, exn: Exception) -> bool:
         log.warning("webdataset: skipping unreadable shard data: %r", exn)
+        url = next((a for a in getattr(exn, "args", ()) if isinstance(a, str) and a in self.urls), "a shard")
+        first = exn.args[0] if getattr(exn, "args", None) else exn
+        self._errors.append(f"{url}: unreadable shard data ({type(exn).__name__}: {first})")
         return True
 
     def _samples(self, reader: int, readers: int, pass_index: int):
@@ -302,24 +332,33 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
     def _decode_unseeded(self, sample: dict):
         key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
         if key is None or "txt" not in sample:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            missing = f"image ({'/'.join(WDS_IMAGE_KEYS)})" if key is None else "txt"
+            self._last_error = f"no {missing} member (has {members})"
             return None
-        image = _load_image(sample[key])
+        image, self._last_error = _open_image(sample[key])
         if image is None:
+            self._last_error = f"{key}: {self._last_error}"
             return None
         try:
             caption = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
             return (self.transform or _to_tensor)(image), _tokens(self.tokenizer, caption)
         except Exception as e:  # noqa: BLE001
             log.debug("bad sample %s: %s", sample.get("__key__"), e)
+            self._last_error = f"{type(e).__name__}: {e}"
             return None
 
-    def _stream(self, reader: int, readers: int, lw: int, cycle: bool):
-        """Raw samples of this reader, pass after pass when ``cycle`` (until a pass is empty)."""
+    def _describe(self, sample: dict) -> str:
+        return f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')!r}: {self._last_error}"
+
+    def _stream(self, reader: int, readers: int, lw: int, cycle: bool, decoded: dict):
+        """Raw samples of this reader, pass after pass when ``cycle``, until a pass gives no sample, or none that
+        decoded (``decoded["good"]``, counted by the caller, did not grow: all bad, cycling would never end)."""
         p = self.plan
         rng = random.Random(_mix(p["seed"], p["epoch"], p["rank"], lw))
         pass_index = 0
         while True:
-            got, buffer = False, []
+            got, buffer, good_before = False, [], decoded["good"]
             for sample in self._samples(reader, readers, pass_index):
                 got = True
                 if not p["shuffle"] or self.shuffle_buffer <= 1:
@@ -331,7 +370,7 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
             rng.shuffle(buffer)
             yield from buffer
             pass_index += 1
-            if not (cycle and got):
+            if not (cycle and got and decoded["good"] > good_before):
                 return
 
     def __iter__(self):
@@ -348,20 +387,36 @@ class WebDatasetPairs(torch.utils.data.IterableDataset):
         if self.num_samples is not None:
             nb = self.num_samples // (bs * p["world_size"])
             quota = (nb // nw + (lw < nb % nw)) * bs
+        # Bad samples are counted into the next good item (batches stay full). When the first `window` loads all
+        # failed they are reported at once as a (None, count) item, so the loader judges (and raises) without
+        # reading a whole pass of broken data first.
+        flush_at = p["bad_window"] if p["max_bad_fraction"] < 1 else None
+        self._errors = []  # unreadable shard data, from _handler
+        decoded = {"good": 0}
         produced = bad = 0  # good samples of this reader so far (skipped ones included); failed loads
-        for raw, sample in enumerate(self._stream(reader, readers, lw, cycle=quota is not None)):
+        example = None
+        for raw, sample in enumerate(self._stream(reader, readers, lw, quota is not None, decoded)):
+            if self._errors:
+                bad, example = bad + len(self._errors), example or self._errors[0]
+                self._errors.clear()
             if quota is not None and produced >= quota:
                 return
             pair = self._decode(sample, _mix(p["seed"], p["epoch"], p["rank"], lw, raw))
             if pair is None:
-                bad += 1
+                bad, example = bad + 1, example or self._describe(sample)
+                if flush_at is not None and produced == 0 and bad >= flush_at:
+                    yield None, bad, example
+                    bad, example = 0, None
                 continue
             produced += 1
+            decoded["good"] += 1
             if produced > skip:
-                yield pair, bad
-                bad = 0
+                yield pair, bad, example
+                bad, example = 0, None
+        if self._errors:
+            bad, example = bad + len(self._errors), example or self._errors[0]
         if bad:
-            yield None, bad
+            yield None, bad, example
         if quota is not None and produced < quota:
             log.warning("webdataset reader %d/%d ran out of samples (%d of %d)", reader, readers, produced, quota)
 
@@ -373,16 +428,19 @@ def collate_drop_none(items: list):
 
 
 def _collate_counting(items: list):
-    """Items ``(pair or None, failed loads)`` -> ``(batch or None, total failed loads)``; runs in the worker."""
-    return collate_drop_none([pair for pair, _ in items]), sum(bad for _, bad in items)
+    """Items ``(pair or None, failed loads, example)`` -> ``(batch or None, total failed loads, first example)``;
+    runs in the worker."""
+    example = next((ex for _, _, ex in items if ex), None)
+    return collate_drop_none([pair for pair, _, _ in items]), sum(bad for _, bad, _ in items), example
 
 
 class _Robust(torch.utils.data.Dataset):
-    """Map-style wrapper: key ``(item_seed, index)`` -> ``(pair, failed loads)``.
+    """Map-style wrapper: key ``(item_seed, index)`` -> ``(pair, failed loads, example)``.
 
     The item is drawn with torch's and Python's RNGs seeded from ``item_seed`` (augmentation is a
     function of the key) unless ``seeded=False``. A bad item (None) is replaced by the item at an
-    index drawn from ``item_seed``, up to ``max_tries`` loads; then ``(None, max_tries)``.
+    index drawn from ``item_seed``, up to ``max_tries`` loads; then ``(None, max_tries, example)``.
+    ``example`` describes the first failed load (``dataset.describe_bad(index)`` when defined), else None.
     """
 
     max_tries = 20
@@ -395,21 +453,37 @@ class _Robust(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         item_seed, index = key
-        rng = None
+        rng, example = None, None
         for attempt in range(self.max_tries):
             if self.seeded:
                 pair = _seeded_call(_mix(item_seed, attempt), self.dataset.__getitem__, index)
             else:
                 pair = self.dataset[index]
             if pair is not None:
-                return pair, attempt
+                return pair, attempt, example
+            if example is None:
+                describe = getattr(self.dataset, "describe_bad", None)
+                example = describe(index) if describe is not None else f"item {index}"
             rng = rng or random.Random(item_seed)
             index = rng.randrange(len(self.dataset))
-        return None, self.max_tries
+        return None, self.max_tries, example
+
+
+def _source(dataset) -> str:
+    for attr in ("path", "root"):
+        if getattr(dataset, attr, None) is not None:
+            return str(getattr(dataset, attr))
+    urls = getattr(dataset, "urls", None)
+    if urls:
+        return f"{urls[0]} (+{len(urls) - 1} shards)" if len(urls) > 1 else urls[0]
+    return type(dataset).__name__
 
 
 class Loader:
     """Iterable of ``(images, texts)`` batches over a torch DataLoader, counting bad samples.
+
+    Each iteration raises :class:`~clipfast.train.errors.BadDataError` (naming an example bad sample) when
+    more than ``max_bad_fraction`` of its first ``bad_window`` loads fail (:mod:`clipfast.train.badsamples`).
 
     Attributes:
         dataset: the dataset given to :func:`build_dataloader`.
@@ -417,8 +491,11 @@ class Loader:
         num_skipped: failed loads (missing/corrupt samples, replaced) so far in the current iteration.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, dataset, num_batches: int):
+    def __init__(self, loader: torch.utils.data.DataLoader, dataset, num_batches: int,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION, bad_window: int = DEFAULT_BAD_WINDOW,
+                 min_rows: int = 1):
         self.loader, self.dataset, self.num_batches = loader, dataset, num_batches
+        self.max_bad_fraction, self.bad_window, self.min_rows = max_bad_fraction, bad_window, min_rows
         self.num_skipped = 0
 
     def __len__(self) -> int:
@@ -426,16 +503,16 @@ class Loader:
 
     def __iter__(self):
         self.num_skipped = 0
-        seen = 0
-        for batch, dropped in self.loader:
+        monitor = BadSampleMonitor(self.max_bad_fraction, self.bad_window, _source(self.dataset))
+        for batch, dropped, example in self.loader:
             self.num_skipped += dropped
-            seen += dropped
-            if batch is not None:
-                seen += len(batch[0])
+            monitor.add(len(batch[0]) if batch is not None else 0, dropped, example)
+            if batch is not None and len(batch[0]) >= self.min_rows:  # (drop_last: a worker's last partial batch)
                 yield tuple(batch) if isinstance(batch, list) else batch
+        monitor.finish()
         if self.num_skipped:
-            log.warning("skipped %d bad sample(s) of %d read (missing or corrupt images; replaced)", self.num_skipped,
-                        seen)
+            log.warning("skipped %d bad sample(s) of %d read (replaced), e.g. %s", self.num_skipped, monitor.loads,
+                        monitor.example)
 
 
 def _rank_batches(n: int, batch_size: int, order: list, rank: int, world_size: int, drop_last: bool) -> list[list[int]]:
@@ -450,7 +527,8 @@ def _rank_batches(n: int, batch_size: int, order: list, rank: int, world_size: i
 
 def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, workers: int = 0,
                      rank: int = 0, world_size: int = 1, drop_last: bool = True, skip_batches: int = 0,
-                     pin_memory: bool = False) -> Loader:
+                     pin_memory: bool = False, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                     bad_window: int = DEFAULT_BAD_WINDOW) -> Loader:
     """A deterministic, resumable loader of ``(images (B, 3, H, W), texts (B, L))`` batches for one rank.
 
     Args:
@@ -462,6 +540,8 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
         rank, world_size: this process's slice of each global batch of ``B * world_size`` rows.
         drop_last: drop the incomplete final global batch.
         skip_batches: start after this many of this rank's batches (exact resume).
+        max_bad_fraction, bad_window: iterating raises ``BadDataError`` when more than ``max_bad_fraction`` of
+            the first ``bad_window`` loads of this rank fail (``--max-bad-sample-fraction``/``--bad-sample-window``).
 
     Returns:
         :class:`Loader`; bad samples are replaced so batches stay full (``loader.num_skipped`` counts
@@ -473,16 +553,19 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
         raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
     if skip_batches < 0:
         raise ValueError(f"skip_batches: expected >= 0, got {skip_batches}")
+    BadSampleMonitor(max_bad_fraction, bad_window)  # validates both
+    judge = dict(max_bad_fraction=max_bad_fraction, bad_window=bad_window)
     common = dict(num_workers=workers, collate_fn=_collate_counting, pin_memory=pin_memory,
                   generator=torch.Generator().manual_seed(_mix(seed, epoch, rank, 1)))
     if isinstance(dataset, torch.utils.data.IterableDataset):
         if not isinstance(dataset, WebDatasetPairs):
             raise TypeError(f"dataset: iterable datasets must be WebDatasetPairs, got {type(dataset).__name__}")
         ds = dataset.configured(seed=seed, epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size,
-                                workers=workers, skip_batches=skip_batches, shuffle=shuffle)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, drop_last=drop_last, **common)
+                                workers=workers, skip_batches=skip_batches, shuffle=shuffle, **judge)
+        # drop_last is applied by the Loader, so the failed loads counted in a dropped partial batch still count
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, drop_last=False, **common)
         nb = (dataset.num_samples // (batch_size * world_size) - skip_batches) if dataset.num_samples is not None else 0
-        return Loader(loader, dataset, max(nb, 0))
+        return Loader(loader, dataset, max(nb, 0), min_rows=batch_size if drop_last else 1, **judge)
     n = len(dataset)
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch))).tolist()
@@ -493,7 +576,7 @@ def build_dataloader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
     keyed = [[(base ^ i, i) for i in b] for b in batches]
     robust = _Robust(dataset, seeded=not getattr(dataset, "deterministic_items", False))
     loader = torch.utils.data.DataLoader(robust, batch_sampler=keyed, **common)
-    return Loader(loader, dataset, len(batches))
+    return Loader(loader, dataset, len(batches), **judge)
 
 
 def _infer_type(data: Optional[str]) -> str:

@@ -2,8 +2,11 @@
 
 Layout of a run (as open_clip_train): ``{logs}/{name}/args.json``, ``checkpoints/epoch_K.pt`` and
 ``latest.pt``, ``metrics.jsonl`` (one JSON object per logged step or eval), ``plots/*.png``,
-``summary.json``. Exit status: 0 done, 2 usage error, 128+N after signal N (a checkpoint was saved).
+``summary.json``, ``.lock`` (held by rank 0 for the run: one writer per folder, ``clipfast.train.runlock``).
+Exit status: 0 done, 2 usage error or refusal before any work (folder locked or holding another run), 1 a
+:class:`~clipfast.train.errors.RunError` (bad checkpoint, bad data), 128+N after signal N (a checkpoint was saved).
 """
+import contextlib
 import json
 import logging
 import random
@@ -14,8 +17,11 @@ import numpy as np
 import torch
 
 from clipfast.train import distributed as dist_utils
-from clipfast.train.checkpointing import plain_args, resolve_resume
-from clipfast.train.trainer import TrainData, Trainer
+from clipfast.train.checkpointing import find_resume, load_checkpoint, plain_args, remove_stale_temporaries, run_files
+from clipfast.train import errors
+from clipfast.train.errors import RunError, RunRefused
+from clipfast.train.runlock import RunLock
+from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
 
 log = logging.getLogger("clipfast.train")
 
@@ -54,6 +60,13 @@ def image_size(model) -> int:
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
+def _bad_sample_limits(args) -> dict:
+    from clipfast.train.badsamples import DEFAULT_BAD_WINDOW, DEFAULT_MAX_BAD_FRACTION
+
+    return dict(max_bad_fraction=getattr(args, "max_bad_sample_fraction", DEFAULT_MAX_BAD_FRACTION),
+                bad_window=getattr(args, "bad_sample_window", DEFAULT_BAD_WINDOW))
+
+
 def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
     """TrainData over the data helper's dataset and deterministic, resumable loader."""
     from clipfast.train import data as data_lib
@@ -63,7 +76,7 @@ def build_train_data(args, info, preprocess, tokenizer, size) -> TrainData:
     def make_loader(epoch, skip):
         return data_lib.build_dataloader(dataset, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
                                          workers=args.workers, rank=info.rank, world_size=info.world_size,
-                                         drop_last=True, skip_batches=skip)
+                                         drop_last=True, skip_batches=skip, **_bad_sample_limits(args))
 
     return TrainData(make_loader, make_loader(0, 0).num_batches, args.batch_size)
 
@@ -80,6 +93,9 @@ def build_evaluate(args, tokenizer, preprocess, size, device):
         from clipfast.train import data as data_lib
 
         val = data_lib.build_dataset(args, "val", preprocess=preprocess, tokenizer=tokenizer, image_size=size)
+        if isinstance(val, data_lib.WebDatasetPairs):  # a stream: read through the counting loader, in order
+            val = data_lib.build_dataloader(val, args.batch_size, shuffle=False, workers=args.workers, drop_last=False,
+                                            **_bad_sample_limits(args))
 
         def evaluate(model, epoch):
             return eval_lib.retrieval_eval(model, val, batch_size=args.batch_size, device=device)
@@ -101,21 +117,69 @@ def _run_dir(args, info) -> Path:
 def run_train(args) -> int:
     info = dist_utils.init_distributed(args.device)
     try:
-        return _train(args, info)
+        with contextlib.ExitStack() as stack:
+            args.precision = resolve_precision(args.precision, info.device)
+            run_dir = _run_dir(args, info)
+            resume, state = _open_run(args, info, run_dir, stack)
+            return _train(args, info, run_dir, resume, state)
     finally:
         dist_utils.cleanup()
 
 
-def _train(args, info) -> int:
-    args.precision = resolve_precision(args.precision, info.device)
-    run_dir = _run_dir(args, info)
-    resume = resolve_resume(args.resume, run_dir / "checkpoints")
-    if (run_dir / "checkpoints").exists() and resume is None and args.resume != "latest":
-        log.error("run %s exists; pass --resume latest to continue it or a new --name", run_dir)
-        return 2
+def _on_master(info, fn):
+    """``fn()`` on rank 0; a :class:`RunError` there is raised on every rank (same message), so no rank
+    goes on alone into a collective. Returns rank 0's result (None elsewhere)."""
+    result, error = None, None
     if info.is_master:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            result = fn()
+        except RunError as e:
+            error = e
+    if info.distributed:
+        obj = [None if error is None else (type(error).__name__, str(error))]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        if obj[0] is not None and error is None:
+            kind = getattr(errors, obj[0][0], RunError)  # same class, same exit status
+            error = kind(obj[0][1])
+    if error is not None:
+        raise error
+    return result
+
+
+def _open_run(args, info, run_dir: Path, stack: contextlib.ExitStack):
+    """Lock the run folder (rank 0), find the checkpoint to resume (loaded once per rank), refuse to overwrite
+    another run's files, remove dead writers' temporaries, write args.json. Returns ``(path, state)``."""
+    ckpt_dir = run_dir / "checkpoints"
+
+    def prepare():
+        stack.enter_context(RunLock(run_dir))
+        path, state = find_resume(args.resume, ckpt_dir)
+        existing = run_files(run_dir)
+        ours = path is not None and path.resolve().parent == ckpt_dir.resolve()
+        fresh_after_nothing_saved = args.resume == "latest" and path is None  # only metrics of a run that saved nothing
+        if existing and not ours and not fresh_after_nothing_saved:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+            raise RunRefused(f"run folder {str(run_dir)!r} already holds a run ({names}); pass --resume latest to "
+                             "continue it, or another --name" + (f" (--resume {args.resume} is not one of its "
+                                                                 "checkpoints)" if path is not None else ""))
+        if fresh_after_nothing_saved and existing:
+            log.warning("--resume latest: %s has no checkpoint yet; starting afresh (its metrics are reset)", run_dir)
+            _truncate_jsonl(run_dir / "metrics.jsonl", 0)
+        remove_stale_temporaries(ckpt_dir)
         (run_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2))
+        return path, state
+
+    path, state = _on_master(info, prepare) or (None, None)
+    if info.distributed:  # the other ranks load the file rank 0 chose
+        obj = [None if path is None else str(path)]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        if not info.is_master and obj[0] is not None:
+            path = Path(obj[0])
+            state = load_checkpoint(path)
+    return path, state
+
+
+def _train(args, info, run_dir: Path, resume, state) -> int:
     seed_everything(args.seed)  # same init on every rank
     model, pre_train, pre_val, tokenizer = build_model(args, info.device)
     if args.grad_checkpointing:
@@ -135,7 +199,8 @@ def _train(args, info) -> int:
     trainer = Trainer(args, wrapped, loss, data, info=info, evaluate=evaluate, run_dir=run_dir)
     seed_everything(args.seed + info.rank)  # per-rank randomness from here on
     if resume is not None:
-        trainer.resume(resume)
+        trainer.resume(resume, state=state)
+        del state
     n_params = sum(p.numel() for p in model.parameters())
     from clipfast import backend
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -30,6 +31,7 @@ import torch
 from clipfast.precision import get_input_dtype
 from clipfast.train import checkpointing as ckpt
 from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
+from clipfast.train.errors import BadDataError
 from clipfast.train.params import param_groups
 from clipfast.train.schedule import WarmupCosine
 
@@ -187,6 +189,7 @@ class Trainer:
             "state_dict": model_sd, "optimizer": optim_sd,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": ckpt.rng_state(), "metrics": dict(self.metrics),
+            "batch_size": self.data.batch_size, "world_size": self.info.world_size, "accum_freq": self.accum,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -199,11 +202,19 @@ class Trainer:
         if state.get("rng") is not None:
             ckpt.set_rng_state(state["rng"])
 
-    def resume(self, path) -> None:
+    def resume(self, path, state: Optional[dict] = None) -> None:
         """Restore everything from a checkpoint file written by :meth:`save` (or by ``open_clip_train``, see
-        ``clipfast.train.compat``)."""
+        ``clipfast.train.compat``); ``state`` is the file's content when already loaded (not read again).
+
+        Raises:
+            CheckpointError: the file is empty/unreadable, holds plain weights, or was written with another
+                batch size, world size or accum_freq (``checkpointing.check_resumable``).
+        """
         from clipfast.train.compat import to_clipfast_state
-        state = ckpt.load_checkpoint(path, map_location="cpu")
+        if state is None:
+            state = ckpt.load_checkpoint(path, map_location="cpu")
+        ckpt.check_resumable(state, path, batch_size=self.data.batch_size, world_size=self.info.world_size,
+                             accum_freq=self.accum)
         self.load_state_dict(to_clipfast_state(state, self.optimizer, unwrap_model(self.model), self.steps_per_epoch))
         log.info("resumed from %s at epoch %d, step %d (%d micro-batches into the epoch)", path, self.epoch, self.step, self.batch_in_epoch)
         if self.run_dir is not None:
@@ -238,16 +249,22 @@ class Trainer:
 
         ``summary["interrupted"]`` is the signal number (or -1 for :meth:`request_stop`) when the
         run stopped early after saving ``latest.pt``, else None.
+
+        Raises:
+            BadDataError: an epoch trained 0 of its steps (the loader yielded nothing); nothing is saved.
+                The loader's own ``BadDataError`` (too many bad samples) passes through, also unsaved.
         """
         self.train_time = 0.0
         start_step = self.step
         with self._stop:
             interrupted = None
             while self.epoch < self.args.epochs:
+                expected, steps_before = self.steps_per_epoch - self.batch_in_epoch // self.accum, self.step
                 if self._train_epoch():
                     interrupted = self._stop.signum
                     self.save()
                     break
+                self._check_epoch_steps(self.step - steps_before, expected)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 freq = getattr(self.args, "zeroshot_frequency", 0)
@@ -265,6 +282,15 @@ class Trainer:
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _check_epoch_steps(self, done: int, expected: int) -> None:
+        """An epoch that trained nothing is an error (nothing is saved); a short one is a warning."""
+        if done == 0 and expected > 0:
+            raise BadDataError(f"epoch {self.epoch} trained 0 of {expected} steps: the data loader yielded no batch "
+                               "(every sample missing or corrupt? see the warnings above; check --train-data and "
+                               "--train-num-samples). Nothing was saved")
+        if done < expected:
+            log.warning("epoch %d trained %d of %d steps: the data ran out early", self.epoch, done, expected)
 
     def _evaluate(self) -> dict:
         metrics = {}
@@ -349,8 +375,29 @@ class Trainer:
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop records logged after ``max_step`` (written before a crash, replayed after resume)."""
+    """Drop records logged after ``max_step`` (written before a crash, replayed after resume).
+
+    Lines that are not JSON objects (a torn last line of a process killed mid-write) are dropped with a
+    warning naming the file and line. The file is replaced atomically.
+    """
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            torn.append(number)
+            continue
+        if record.get("step", 0) <= max_step:
+            keep.append(line)
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (line %s; a write cut short?)", path, len(torn),
+                    ", ".join(map(str, torn[:5])))
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)

@@ -52,13 +52,17 @@ def test_load_is_weights_only(tmp_path):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resolve_resume(tmp_path):
-    assert ckpt.resolve_resume(None, tmp_path) is None
-    assert ckpt.resolve_resume("latest", tmp_path) is None  # nothing yet: start fresh
-    (tmp_path / "latest.pt").write_bytes(b"x")
-    assert ckpt.resolve_resume("latest", tmp_path) == tmp_path / "latest.pt"
+def test_find_resume(tmp_path):
+    assert ckpt.find_resume(None, tmp_path) == (None, None)
+    assert ckpt.find_resume("latest", tmp_path) == (None, None)  # nothing yet: start fresh
+    ckpt.atomic_save({"epoch": 1, "step": 4, "state_dict": {}}, tmp_path / "latest.pt")
+    path, state = ckpt.find_resume("latest", tmp_path)
+    assert path == tmp_path / "latest.pt" and state["step"] == 4
     with pytest.raises(FileNotFoundError, match="--resume"):
-        ckpt.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
+        ckpt.find_resume(str(tmp_path / "nope.pt"), tmp_path)
+    (tmp_path / "latest.pt").write_bytes(b"x")  # the only checkpoint does not load: refuse, do not start over
+    with pytest.raises(ckpt.CheckpointError, match="latest.pt"):
+        ckpt.find_resume("latest", tmp_path)
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):

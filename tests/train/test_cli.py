@@ -65,7 +65,6 @@ def test_unknown_model_lists_the_choices(tmp_path, capsys):
     (["--dataset-type", "webdataset", "--train-data", "/no/such/{000..003}.tar", "--train-num-samples", "10"], "--train-data"),
     (["--val-data", "/no/such/val.csv", "--dataset-type", "csv", "--train-data", __file__], "--val-data"),
     (["--pretrained", "/no/such/ckpt.pt"], "--pretrained"),
-    (["--batch-size", "0"], "--batch-size"),
 ])
 def test_missing_paths_and_bad_values_fail_before_any_work(tmp_path, capsys, argv, flag):
     assert main(["train", "--model", "tiny-vit", "--logs", str(tmp_path)] + argv) == 2
