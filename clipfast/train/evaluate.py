@@ -77,7 +77,8 @@ def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str], 
         raise ValueError("templates: expected at least one template")
     device = _device(model, device)
     with torch.inference_mode():
-        classifier = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
+        fill = [t if callable(t) else t.format for t in templates]  # strings and callables may mix
+        classifier = build_zero_shot_classifier(model, tokenizer, list(classnames), fill,
                                                 num_classes_per_batch=max(1, num_classes_per_batch), device=device)
     return F.normalize(classifier.float(), dim=0).contiguous()
 
