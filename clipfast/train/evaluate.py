@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from clipfast.zero_shot_classifier import build_zero_shot_classifier
+
 __all__ = ["zero_shot_classifier", "zero_shot_eval", "retrieval_eval", "linear_probe", "evaluate_shapes",
            "extract_features"]
 
@@ -53,7 +55,10 @@ def _as_loader(data, batch_size: int) -> Iterable:
 
 def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence,
                          device=None, num_classes_per_batch: int = 10) -> torch.Tensor:
-    """Per-class text embeddings averaged over prompt templates (OpenCLIP's ``build_zero_shot_classifier``).
+    """Per-class text embeddings averaged over prompt templates, in fp32.
+
+    :func:`clipfast.zero_shot_classifier.build_zero_shot_classifier` (OpenCLIP's) under inference mode, cast
+    to fp32 and renormalised per column (so a bf16/fp16 model's classifier has unit fp32 columns).
 
     Args:
         model: CLIP with ``encode_text(tokens, normalize=True)``.
@@ -71,16 +76,11 @@ def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str], 
     if not templates:
         raise ValueError("templates: expected at least one template")
     device = _device(model, device)
-    fill = [t if callable(t) else t.format for t in templates]
-    cols = []
     with torch.inference_mode():
-        for start in range(0, len(classnames), max(1, num_classes_per_batch)):
-            names = classnames[start:start + max(1, num_classes_per_batch)]
-            texts = [f(name) for name in names for f in fill]
-            emb = model.encode_text(tokenizer(texts).to(device), normalize=True).float()
-            emb = F.normalize(emb, dim=-1).reshape(len(names), len(fill), -1).mean(dim=1)  # (c, E)
-            cols.append(F.normalize(emb, dim=-1))
-    return torch.cat(cols).T.contiguous()
+        fill = [t if callable(t) else t.format for t in templates]  # strings and callables may mix
+        classifier = build_zero_shot_classifier(model, tokenizer, list(classnames), fill,
+                                                num_classes_per_batch=max(1, num_classes_per_batch), device=device)
+    return F.normalize(classifier.float(), dim=0).contiguous()
 
 
 def _batch_parts(batch):
@@ -232,9 +232,11 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
                     probe: bool = True) -> dict[str, float]:
     """Zero-shot, retrieval and linear-probe metrics on the built-in shapes data.
 
-    * zero-shot: ``heldout`` images (attribute tuples never trained on), classified among ALL 30
-      classes with ``SHAPES_TEMPLATES`` ensembling -> ``zeroshot_top1/top5``; also on ``val``
-      (seen combinations) -> ``seen_zeroshot_top1/top5``.
+    * zero-shot of classes never trained on: ``unseen`` images (the 2 x 2 block of colour x shape
+      classes absent from every training image and caption), classified among ALL 30 classes with
+      ``SHAPES_TEMPLATES`` ensembling -> ``unseen_class_zeroshot_top1/top5`` (CLIP's zero-shot);
+    * zero-shot of unseen attribute combinations of trained classes: ``heldout`` images, among all
+      30 classes -> ``zeroshot_top1/top5``; also on ``val`` (seen combinations) -> ``seen_zeroshot_top1/top5``.
     * retrieval on ``val`` image/caption pairs -> ``image_to_text_R@k``, ``text_to_image_R@k``.
     * linear probe: train on ``num_samples`` ``train`` images (seed + 1), test on the heldout images
       -> ``linear_probe_top1`` (skipped with ``probe=False``).
@@ -267,6 +269,9 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
     metrics = dict(zero_shot_eval(model, classifier, _label_loader(heldout, batch_size), device))
     seen = zero_shot_eval(model, classifier, _label_loader(val, batch_size), device)
     metrics.update({f"seen_{k}": v for k, v in seen.items()})
+    unseen = zero_shot_eval(model, classifier, _label_loader(ShapesDataset("unseen", num_samples, image_size, seed),
+                                                            batch_size), device)
+    metrics.update({f"unseen_class_{k}": v for k, v in unseen.items()})
 
     def pairs(items):
         return (torch.stack([it[0] for it in items]), tokenizer([it[1] for it in items]))

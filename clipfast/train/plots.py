@@ -82,7 +82,7 @@ def _accuracy_figure(records: list[dict], acc_keys: list[str]):
             name = k.split("/", 1)[1]
             style = "--" if ("top5" in name or "R@5" in name) else ":" if "R@10" in name else "-"
             ax.plot(*_series(records, k), style, marker="o", markersize=3, color=f"C{j % 10}",
-                    linewidth=2.2 if name == "zeroshot_top1" else 1.2, label=name)
+                    linewidth=2.2 if name in ("zeroshot_top1", "unseen_class_zeroshot_top1") else 1.2, label=name)
         if chance and title == "classification":
             ax.axhline(chance[-1], color="gray", linestyle="--", linewidth=1, label="chance top-1")
         ax.set_ylim(0, 1.02)

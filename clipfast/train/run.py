@@ -226,7 +226,8 @@ def _train(args, info, run_dir: Path, resume, state) -> int:
 
 
 def _log_summary(summary: dict) -> None:
-    lines = [f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}" for k, v in summary.items()]
+    width = max(map(len, summary), default=0)
+    lines = [f"  {k:<{width}} {v:.4f}" if isinstance(v, float) else f"  {k:<{width}} {v}" for k, v in summary.items()]
     log.info("summary (also in %s/summary.json):\n%s", summary.get("run_dir", "."), "\n".join(lines))
 
 

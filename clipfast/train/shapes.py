@@ -5,6 +5,14 @@ usually, its size and position ("a photo of a small red circle on the left."). C
 colour x shape pairs: 6 colours x 5 shapes = 30 classes (``SHAPES_CLASSNAMES[label]``, label =
 ``colour_index * 5 + shape_index``), chance top-1 = 3.3%.
 
+Unseen classes (true zero-shot). A block of 2 colours x 2 shapes, ``UNSEEN_COLOURS`` x
+``UNSEEN_SHAPES`` (green/purple x square/ring, 4 of the 30 classes), never appears in a ``train``,
+``val`` or ``heldout`` image or caption; the ``unseen`` split draws only these classes (all 10
+size x position variants). Each unseen colour is still trained with the 3 other shapes and each
+unseen shape with the 4 other colours, so the model can compose them; and since two unseen
+classes share each colour (and each shape), neither attribute alone names the class.
+``UNSEEN_LABELS`` are their labels; classification is among all 30 classes.
+
 Held-out split (compositional generalisation). An image's attributes are the tuple
 (colour, shape, size, position) with 2 sizes x 5 positions = 10 (size, position) variants per class.
 For class (c, s) two variants are held out::
@@ -12,10 +20,11 @@ For class (c, s) two variants are held out::
     (size (c + s) % 2,     position (c + 2 s) % 5)
     (size (c + s + 1) % 2, position (c + 2 s + 2) % 5)
 
-``train`` and ``val`` draw only the other 8 variants of every class; ``heldout`` draws only these 2.
-So every class is trained on, every size and position is trained on with every colour and shape,
-but the held-out (colour, shape, size, position) tuples are never seen in training. ``train`` and
-``val`` are disjoint random streams over the same attribute combinations.
+``train`` and ``val`` draw only the other 8 variants of every seen class; ``heldout`` draws only
+these 2 (of the 26 seen classes). So every seen class is trained on, every size and position is
+trained on with every colour and shape, but the held-out (colour, shape, size, position) tuples are
+never seen in training. ``train`` and ``val`` are disjoint random streams over the same attribute
+combinations.
 
 Determinism: item ``i`` of a split is a pure function of ``(seed, split, i)`` (numpy PCG64 seeded
 with ``[seed, split_id, i]``), independent of workers, order and process. Drawing one 32x32 image
@@ -28,7 +37,7 @@ import numpy as np
 import torch
 
 __all__ = ["ShapesDataset", "SHAPES_CLASSNAMES", "SHAPES_TEMPLATES", "SHAPES_CAPTION_TEMPLATES", "COLOURS", "SHAPES",
-           "SIZES", "POSITIONS", "heldout_variants", "describe"]
+           "SIZES", "POSITIONS", "UNSEEN_COLOURS", "UNSEEN_SHAPES", "UNSEEN_LABELS", "heldout_variants", "describe"]
 
 # Colours chosen to be far apart in RGB and to start with a consonant ("a ... " reads right).
 COLOURS = {
@@ -64,7 +73,14 @@ SHAPES_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}
 # Caption templates used in training ({} = "[size] colour shape [position]").
 SHAPES_CAPTION_TEMPLATES = SHAPES_TEMPLATES + ("a rendering of a {}.", "there is a {}.", "a {}")
 
-_SPLITS = {"train": 0, "val": 1, "heldout": 2}
+# The block of classes never trained on (see the module docstring).
+UNSEEN_COLOURS = ("green", "purple")
+UNSEEN_SHAPES = ("square", "ring")
+UNSEEN_LABELS = tuple(sorted(list(COLOURS).index(c) * len(SHAPES) + SHAPES.index(s)
+                             for c in UNSEEN_COLOURS for s in UNSEEN_SHAPES))
+_SEEN_LABELS = tuple(k for k in range(len(SHAPES_CLASSNAMES)) if k not in UNSEEN_LABELS)
+
+_SPLITS = {"train": 0, "val": 1, "heldout": 2, "unseen": 3}
 _OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 _OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 _SCALE = 1.0 / (255.0 * _OPENAI_STD)  # (x / 255 - mean) / std = x * scale - shift
@@ -79,7 +95,10 @@ def heldout_variants(colour: int, shape: int) -> tuple[tuple[int, int], ...]:
 
 @functools.lru_cache(maxsize=None)
 def _variants(split: str) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Per class label, the (size, position) variants the split draws from."""
+    """Per class label, the (size, position) variants the split draws from (``unseen``: all 10)."""
+    if split == "unseen":
+        every = tuple((z, p) for z in range(len(SIZES)) for p in range(len(POSITIONS)))
+        return (every,) * len(SHAPES_CLASSNAMES)
     out = []
     for c in range(len(COLOURS)):
         for s in range(len(SHAPES)):
@@ -136,7 +155,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Coloured shapes with captions, generated on the fly; see the module docstring for the design.
 
     Args:
-        split: ``"train"``, ``"val"`` or ``"heldout"`` (only attribute tuples never drawn in train/val).
+        split: ``"train"``, ``"val"``, ``"heldout"`` (only attribute tuples never drawn in train/val)
+            or ``"unseen"`` (only the ``UNSEEN_LABELS`` classes, never drawn in the other splits).
         num_samples: length of the dataset.
         image_size: side H = W of the images in pixels (>= 16).
         seed: selects the stream; item ``i`` depends only on ``(seed, split, i)``.
@@ -169,7 +189,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, _SPLITS[self.split], index])
 
     def _draw_attributes(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        label = int(rng.integers(len(SHAPES_CLASSNAMES)))
+        labels = UNSEEN_LABELS if self.split == "unseen" else _SEEN_LABELS
+        label = labels[int(rng.integers(len(labels)))]
         variants = _variants(self.split)[label]
         z, p = variants[int(rng.integers(len(variants)))]
         return label, label // len(SHAPES), z, p

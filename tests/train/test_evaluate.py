@@ -132,7 +132,8 @@ def test_evaluate_shapes_on_a_tiny_model():
     tok = SimpleTokenizer(context_length=16)
     with torch.inference_mode():
         out = ev.evaluate_shapes(model, tok, num_samples=40, batch_size=20, seed=0)
-    keys = {"zeroshot_top1", "zeroshot_top5", "seen_zeroshot_top1", "seen_zeroshot_top5", "image_to_text_R@1",
+    keys = {"zeroshot_top1", "zeroshot_top5", "seen_zeroshot_top1", "seen_zeroshot_top5", "unseen_class_zeroshot_top1",
+            "unseen_class_zeroshot_top5", "image_to_text_R@1",
             "image_to_text_R@5", "image_to_text_R@10", "text_to_image_R@1", "text_to_image_R@5",
             "text_to_image_R@10", "linear_probe_top1", "chance_top1", "retrieval_num_samples"}
     assert set(out) == keys

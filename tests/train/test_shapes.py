@@ -5,7 +5,7 @@ import torch
 
 from clipfast.train import shapes
 from clipfast.train.shapes import (COLOURS, POSITIONS, SHAPES, SHAPES_CLASSNAMES, SHAPES_TEMPLATES, SIZES,
-                                   ShapesDataset, heldout_variants)
+                                   UNSEEN_COLOURS, UNSEEN_LABELS, UNSEEN_SHAPES, ShapesDataset, heldout_variants)
 
 
 def test_classnames_and_templates():
@@ -15,7 +15,7 @@ def test_classnames_and_templates():
     assert all(t.count("{}") == 1 for t in SHAPES_TEMPLATES) and len(SHAPES_TEMPLATES) >= 3
 
 
-@pytest.mark.parametrize("split", ["train", "val", "heldout"])
+@pytest.mark.parametrize("split", ["train", "val", "heldout", "unseen"])
 def test_items_deterministic_and_well_formed(split):
     a = ShapesDataset(split, 40, image_size=32, seed=3)
     b = ShapesDataset(split, 40, image_size=32, seed=3)
@@ -37,22 +37,50 @@ def test_splits_differ():
     assert any(tr[i][1] != va[i][1] or not torch.equal(tr[i][0], va[i][0]) for i in range(20))
 
 
+def _seen_attributes(n=1500):
+    keys = ("colour", "shape", "size", "position")
+    return {split: {tuple(ShapesDataset(split, n, 16, seed=0).attributes(i)[k] for k in keys) for i in range(n)}
+            for split in ("train", "val", "heldout", "unseen")}
+
+
 def test_heldout_combinations_never_in_train_or_val():
-    n = 1500
-    seen = {split: {tuple(ShapesDataset(split, n, 16, seed=0).attributes(i)[k] for k in ("colour", "shape", "size",
-                                                                                          "position"))
-                    for i in range(n)} for split in ("train", "val", "heldout")}
+    seen = _seen_attributes()
     assert not seen["heldout"] & (seen["train"] | seen["val"])
-    # every class is trained on, and appears in the held-out split
-    classes = {f"{c} {s}" for c, s, _, _ in seen["train"]}
-    assert classes == set(SHAPES_CLASSNAMES)
-    assert {f"{c} {s}" for c, s, _, _ in seen["heldout"]} == set(SHAPES_CLASSNAMES)
-    # the design: exactly the 2 variants per class of heldout_variants
+    # every seen class is trained on, and appears in the held-out split
+    unseen_names = {SHAPES_CLASSNAMES[k] for k in UNSEEN_LABELS}
+    seen_names = set(SHAPES_CLASSNAMES) - unseen_names
+    assert {f"{c} {s}" for c, s, _, _ in seen["train"]} == seen_names
+    assert {f"{c} {s}" for c, s, _, _ in seen["heldout"]} == seen_names
+    # the design: exactly the 2 variants per seen class of heldout_variants
     colours, positions = list(COLOURS), list(POSITIONS)
     expected = {(colours[c], SHAPES[s], SIZES[z], positions[p]) for c in range(len(COLOURS)) for s in range(len(SHAPES))
-                for z, p in heldout_variants(c, s)}
+                for z, p in heldout_variants(c, s) if f"{colours[c]} {SHAPES[s]}" in seen_names}
     assert seen["heldout"] == expected
-    assert len(expected) == 2 * len(SHAPES_CLASSNAMES)
+    assert len(expected) == 2 * len(seen_names)
+
+
+def test_unseen_classes_never_in_train_val_or_heldout():
+    """A 2 x 2 block of whole classes is held out; each of its colours and shapes is still trained on."""
+    assert len(UNSEEN_COLOURS) == len(UNSEEN_SHAPES) == 2 and len(UNSEEN_LABELS) == 4
+    assert {SHAPES_CLASSNAMES[k] for k in UNSEEN_LABELS} == {f"{c} {s}" for c in UNSEEN_COLOURS for s in UNSEEN_SHAPES}
+    seen = _seen_attributes()
+    block = {(c, s) for c in UNSEEN_COLOURS for s in UNSEEN_SHAPES}
+    trained = seen["train"] | seen["val"] | seen["heldout"]
+    assert not {(c, s) for c, s, _, _ in trained} & block
+    # the unseen split draws every variant of exactly the block's classes
+    assert {(c, s) for c, s, _, _ in seen["unseen"]} == block
+    assert len(seen["unseen"]) == 4 * len(SIZES) * len(POSITIONS)
+    # composable: every unseen colour is trained with another shape, every unseen shape with another colour
+    for c in UNSEEN_COLOURS:
+        assert {s for cc, s, _, _ in seen["train"] if cc == c} == set(SHAPES) - set(UNSEEN_SHAPES)
+    for s in UNSEEN_SHAPES:
+        assert {c for c, ss, _, _ in seen["train"] if ss == s} == set(COLOURS) - set(UNSEEN_COLOURS)
+    # no training caption names an unseen class
+    ds = ShapesDataset("train", 600, 16, seed=5)
+    names = [SHAPES_CLASSNAMES[k] for k in UNSEEN_LABELS]
+    assert not any(name in ds.draw(i)[1] for i in range(600) for name in names)
+    labels = {ShapesDataset("unseen", 200, 16, seed=5)[i][2] for i in range(200)}
+    assert labels == set(UNSEEN_LABELS)
 
 
 def test_captions_name_colour_and_shape_and_label_matches():
