@@ -21,8 +21,8 @@ Options (per group; the constructor's are the defaults):
   grads. Random bits are a hash of (``seed``, step, tensor index, element index): reproducible, and identical
   on every data-parallel rank, so DDP replicas stay bit-identical.
 - ``master_weights``: keep an fp32 copy of every fp16/bf16 parameter (``state["master"]``), update it, and
-  round the parameter to nearest from it. The parameter is then a view of the master: changes made to it
-  outside the optimizer are overwritten at the next step.
+  round the parameter to nearest from it. The parameter is then a rounded copy of the master, rewritten every
+  step: changes made to it outside the optimizer are overwritten at the next step.
 
 Data parallel: under DDP every rank takes the same step. Parameters may be FSDP2 DTensors: the local shards
 are updated, each element drawing the random bits of its position in the full tensor, so sharded training

@@ -178,6 +178,12 @@ def _config_tokens(sub: argparse.ArgumentParser, cfg: dict, path: str) -> list:
             if not isinstance(value, bool):
                 raise CliError(f"--config {path}: {flag} is a switch: expected true or false, got {value!r}")
             tokens += [flag] if value else []
+        elif isinstance(action, argparse.BooleanOptionalAction) and value is not None:
+            if not isinstance(value, bool):
+                raise CliError(f"--config {path}: {action.option_strings[0]} is a switch: expected true or false, "
+                               f"got {value!r}")
+            positive = min(action.option_strings, key=len)  # --x (the other is --no-x)
+            tokens.append(positive if value else f"--no-{positive[2:]}")
         elif value is None:
             if action.default is not None:
                 raise CliError(f"--config {path}: {flag}: null is not a value (default {action.default!r})")

@@ -55,10 +55,11 @@ def _as_loader(data, batch_size: int) -> Iterable:
 
 def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence,
                          device=None, num_classes_per_batch: int = 10) -> torch.Tensor:
-    """Per-class text embeddings averaged over prompt templates, in fp32.
+    """Per-class text embeddings averaged over prompt templates, returned in fp32.
 
-    :func:`clipfast.zero_shot_classifier.build_zero_shot_classifier` (OpenCLIP's) under inference mode, cast
-    to fp32 and renormalised per column (so a bf16/fp16 model's classifier has unit fp32 columns).
+    :func:`clipfast.zero_shot_classifier.build_zero_shot_classifier` (OpenCLIP's: the template mean is taken in
+    the dtype ``encode_text`` returns, e.g. bf16 for a bf16 model) under inference mode, then cast to fp32 and
+    renormalised per column.
 
     Args:
         model: CLIP with ``encode_text(tokens, normalize=True)``.

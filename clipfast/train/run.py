@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from clipfast.train import distributed as dist_utils
-from clipfast.train.checkpointing import find_resume, load_checkpoint, plain_args, remove_stale_temporaries, run_files
 from clipfast.train import errors
-from clipfast.train.errors import RunError, RunRefused
+from clipfast.train.checkpointing import (check_resumable, find_resume, load_checkpoint, plain_args,
+                                          remove_stale_temporaries, run_files)
+from clipfast.train.distributed import any_rank
+from clipfast.train.errors import CheckpointError, RunError, RunRefused
 from clipfast.train.optimizer import resolve_optimizer_args
 from clipfast.train.runlock import RunLock
 from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
@@ -129,20 +131,22 @@ def run_train(args) -> int:
 
 
 def _on_master(info, fn):
-    """``fn()`` on rank 0; a :class:`RunError` there is raised on every rank (same message), so no rank
-    goes on alone into a collective. Returns rank 0's result (None elsewhere)."""
+    """``fn()`` on rank 0; an exception there is raised on every rank (a :class:`RunError` with the same class
+    and message, anything else as a ``RunError`` naming it), so no rank goes on alone into a collective.
+    Returns rank 0's result (None elsewhere)."""
     result, error = None, None
     if info.is_master:
         try:
             result = fn()
-        except RunError as e:
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     if info.distributed:
         obj = [None if error is None else (type(error).__name__, str(error))]
         torch.distributed.broadcast_object_list(obj, src=0)
         if obj[0] is not None and error is None:
-            kind = getattr(errors, obj[0][0], RunError)  # same class, same exit status
-            error = kind(obj[0][1])
+            kind = getattr(errors, obj[0][0], None)  # same class, same exit status
+            error = kind(obj[0][1]) if isinstance(kind, type) and issubclass(kind, RunError) else \
+                RunError(f"rank 0 failed: {obj[0][0]}: {obj[0][1]}")
     if error is not None:
         raise error
     return result
@@ -158,16 +162,22 @@ def _open_run(args, info, run_dir: Path, stack: contextlib.ExitStack):
         path, state = find_resume(args.resume, ckpt_dir)
         existing = run_files(run_dir)
         ours = path is not None and path.resolve().parent == ckpt_dir.resolve()
-        fresh_after_nothing_saved = args.resume == "latest" and path is None  # only metrics of a run that saved nothing
+        # --resume latest in a folder with metrics but no checkpoint file at all (a run that saved nothing)
+        fresh_after_nothing_saved = (args.resume == "latest" and path is None
+                                     and not any(p.suffix == ".pt" for p in existing))
         if existing and not ours and not fresh_after_nothing_saved:
             names = ", ".join(str(p.relative_to(run_dir)) for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
             raise RunRefused(f"run folder {str(run_dir)!r} already holds a run ({names}); pass --resume latest to "
                              "continue it, or another --name" + (f" (--resume {args.resume} is not one of its "
                                                                  "checkpoints)" if path is not None else ""))
+        if path is not None:  # refused before args.json or any other file is written
+            check_resumable(state, path, batch_size=args.batch_size, world_size=info.world_size,
+                            accum_freq=args.accum_freq)
         if fresh_after_nothing_saved and existing:
             log.warning("--resume latest: %s has no checkpoint yet; starting afresh (its metrics are reset)", run_dir)
             _truncate_jsonl(run_dir / "metrics.jsonl", 0)
         remove_stale_temporaries(ckpt_dir)
+        remove_stale_temporaries(run_dir)  # metrics.jsonl.tmp-<pid> of a killed _truncate_jsonl
         (run_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2))
         return path, state
 
@@ -175,9 +185,15 @@ def _open_run(args, info, run_dir: Path, stack: contextlib.ExitStack):
     if info.distributed:  # the other ranks load the file rank 0 chose
         obj = [None if path is None else str(path)]
         torch.distributed.broadcast_object_list(obj, src=0)
+        error = None
         if not info.is_master and obj[0] is not None:
             path = Path(obj[0])
-            state = load_checkpoint(path)
+            try:
+                state = load_checkpoint(path)
+            except RunError as e:
+                error = e
+        if any_rank(error is not None, info.device):  # one rank could not read it (e.g. node-local --logs)
+            raise error or CheckpointError(f"--resume {str(path)!r}: another rank could not load it")
     return path, state
 
 

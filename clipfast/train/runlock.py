@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from clipfast.train.errors import RunLockedError
+from clipfast.train.errors import RunLockedError, RunRefused
 
 __all__ = ["RunLock"]
 
@@ -66,12 +66,16 @@ class RunLock:
         f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # BlockingIOError: held by a live process
+        except BlockingIOError:  # held by a live process
             f.seek(0)
             holder = _describe(_holder(f.read()))
             f.close()
             raise RunLockedError(f"run folder {str(self.run_dir)!r} is in use by {holder} (lock file {self.path}); "
                                  "wait for that run to end, or pass another --name") from None
+        except OSError as e:  # ENOLCK / EOPNOTSUPP: a file system without flock (NFS without lockd, some FUSE)
+            f.close()
+            raise RunRefused(f"cannot lock {self.path}: {e.strerror} (a file system without flock? put --logs on a "
+                             "local or lock-capable file system)") from e
         f.seek(0)
         previous = f.read().strip()
         if previous:

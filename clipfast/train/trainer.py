@@ -31,8 +31,7 @@ import torch
 from clipfast.precision import get_input_dtype
 from clipfast.train import checkpointing as ckpt
 from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
-from clipfast.train.errors import BadDataError
-from clipfast.train.params import param_groups
+from clipfast.train.errors import BadDataError, CheckpointError
 from clipfast.train.optimizer import build_optimizer
 from clipfast.train.schedule import WarmupCosine
 
@@ -215,7 +214,11 @@ class Trainer:
             state = ckpt.load_checkpoint(path, map_location="cpu")
         ckpt.check_resumable(state, path, batch_size=self.data.batch_size, world_size=self.info.world_size,
                              accum_freq=self.accum)
-        self.load_state_dict(to_clipfast_state(state, self.optimizer, unwrap_model(self.model), self.steps_per_epoch))
+        try:
+            converted = to_clipfast_state(state, self.optimizer, unwrap_model(self.model), self.steps_per_epoch)
+        except ValueError as e:  # optimizer state that does not fit this model / these param groups
+            raise CheckpointError(f"--resume {str(path)!r}: {e}") from e
+        self.load_state_dict(converted)
         log.info("resumed from %s at epoch %d, step %d (%d micro-batches into the epoch)", path, self.epoch, self.step, self.batch_in_epoch)
         if self.run_dir is not None:
             _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)

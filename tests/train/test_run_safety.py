@@ -131,7 +131,42 @@ def test_existing_run_folder_is_not_overwritten_without_resume(tmp_path, capsys,
     assert "--resume latest" in capsys.readouterr().err
 
 
+def test_refused_resume_writes_nothing_into_the_run(tmp_path, capsys):
+    """A resume refused for another --batch-size is refused before args.json (or anything) is rewritten."""
+    assert main(_tiny_run(tmp_path)) == 0
+    run = tmp_path / "run"
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert main(_tiny_run(tmp_path, "--resume", "latest", "--batch-size", "8")) == 1
+    assert "batch_size=16" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == files
+
+
+def test_resume_latest_with_only_other_checkpoint_files_refuses(tmp_path, capsys):
+    """``best.pt`` + metrics but no latest/epoch file: not "nothing saved" — refuse rather than wipe the metrics."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"x")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert main(_tiny_run(tmp_path, "--resume", "latest")) == 2
+    assert "best.pt" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
 # ---- run-folder lock -----------------------------------------------------------------------------------
+def test_lock_on_a_file_system_without_flock_is_a_clear_refusal(tmp_path, monkeypatch):
+    import errno
+
+    from clipfast.train import runlock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with pytest.raises(RunRefused, match="(?s)cannot lock.*flock") as exc:
+        runlock.RunLock(tmp_path / "run").acquire()
+    assert not isinstance(exc.value, RunLockedError)  # not "in use by another process"
+
+
 def test_lock_refuses_a_second_writer_names_the_holder_and_is_released(tmp_path):
     from clipfast.train.runlock import RunLock
 
@@ -191,6 +226,13 @@ def test_stale_checkpoint_temporaries_of_dead_writers_are_removed(tmp_path):
         p.write_bytes(b"x")
     assert ckpt.remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["latest.pt", live.name])
+    # a killed metrics rewrite (trainer._truncate_jsonl) leaves metrics.jsonl.tmp-<pid> in the run folder
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torn = run / f"metrics.jsonl.tmp-{dead_pid}"
+    torn.write_text('{"step": 1}\n')
+    assert main(_tiny_run(tmp_path, "--resume", "latest")) == 0
+    assert not torn.exists()
 
 
 def test_errors_are_runerrors_with_exit_status():

@@ -83,6 +83,14 @@ def test_config_yaml_types_and_switches(tmp_path):
     assert args.csv_separator == "-"
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_config_sets_a_negatable_switch_both_ways(tmp_path, value):
+    """``--[no-]opt-stochastic-rounding`` (BooleanOptionalAction) from a file, either value."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"optimizer": "clipfast-adamw", "opt-stochastic-rounding": value}))
+    assert parse_args(["train", "--config", str(path)]).opt_stochastic_rounding is value
+
+
 def test_bad_value_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--model", "tiny-vit", "--logs", str(tmp_path), "--grad-clip-norm", "-1"])
