@@ -23,35 +23,12 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._rounding import bf16_bits, bf16_rne, lowbias32
 
 BLOCK = 1024
 NUM_WARPS = 4
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STATE_MODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-@triton.jit
-def _hash(x):
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _bf16_bits(x, add):
-    """The fp32 value whose high half is the bf16 of ``x`` after adding ``add`` to its bits (NaN kept)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    out = ((bits + add) >> 16) << 16
-    out = tl.where(x != x, ((bits >> 16) | 0x40) << 16, out)
-    return out.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_rne(x):
-    bits = x.to(tl.uint32, bitcast=True)
-    return _bf16_bits(x, 0x7FFF + ((bits >> 16) & 1))
 
 
 @triton.jit(do_not_specialize=["key"])
@@ -87,13 +64,13 @@ def _fused_adam_fwd_kernel(
     denom = tl.div_rn(v_sqrt, bc2_sqrt) + eps
     x = x + tl.div_rn(-step_size * m, denom)
     if STATE_MODE == 2 or PARAM_SR:
-        r = _hash(offs.to(tl.uint32) + key.to(tl.uint32, bitcast=True))
+        r = lowbias32(offs.to(tl.uint32) + key.to(tl.uint32, bitcast=True))
     if STATE_MODE == 1:
         tl.store(m_ptr + offs, (m * m_encode).to(tl.float16), mask=mask)
         tl.store(v_ptr + offs, (v_sqrt * v_encode).to(tl.float16), mask=mask)
     elif STATE_MODE == 2:
-        tl.store(m_ptr + offs, _bf16_bits(m, r & 0xFFFF).to(tl.bfloat16), mask=mask)
-        tl.store(v_ptr + offs, _bf16_bits(v, r >> 16).to(tl.bfloat16), mask=mask)
+        tl.store(m_ptr + offs, bf16_bits(m, r & 0xFFFF).to(tl.bfloat16), mask=mask)
+        tl.store(v_ptr + offs, bf16_bits(v, r >> 16).to(tl.bfloat16), mask=mask)
     else:
         tl.store(m_ptr + offs, m, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
@@ -101,10 +78,10 @@ def _fused_adam_fwd_kernel(
         tl.store(w_ptr + offs, x, mask=mask)
     if PARAM_SR:
         if STATE_MODE == 2:
-            r = _hash(r)
-        tl.store(p_ptr + offs, _bf16_bits(x, r & 0xFFFF).to(tl.bfloat16), mask=mask)
+            r = lowbias32(r)
+        tl.store(p_ptr + offs, bf16_bits(x, r & 0xFFFF).to(tl.bfloat16), mask=mask)
     elif p_ptr.dtype.element_ty == tl.bfloat16:
-        tl.store(p_ptr + offs, _bf16_rne(x).to(tl.bfloat16), mask=mask)
+        tl.store(p_ptr + offs, bf16_rne(x).to(tl.bfloat16), mask=mask)
     else:
         tl.store(p_ptr + offs, x.to(p_ptr.dtype.element_ty), mask=mask)
 
