@@ -13,7 +13,7 @@ export MAX_JOBS ?= 2
 # Keep BLAS threads to the cores we have.
 export OMP_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: setup build test demo bench aot-report cmake-check clean
+.PHONY: setup build test lint demo bench aot-report cmake-check clean
 
 setup: $(VENV)/.deps
 build: $(VENV)/.built
@@ -30,6 +30,10 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml csrc/sources.cmake $(wildc
 
 test: build
 	TRITON_INTERPRET=1 $(VENV)/bin/pytest tests -q --durations=15
+
+# ruff (rules and line length in pyproject.toml); .ci/run runs it.
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
 
 # Train a tiny CLIP (demo-vit: 32x32 ViT, quick_gelu through clipfast._C) on the built-in shapes data for
 # 10 epochs (2000 steps of 128) on CPU, zero-shot evaluation after each epoch: of 4 colour x shape classes never

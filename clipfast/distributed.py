@@ -16,7 +16,8 @@ backward, Σ_q ∂L_q/∂(local features): exactly P × the single-process gradi
 gradient averaging (÷P) therefore reproduces the single-process gradients of the model and of
 ``logit_scale``/``logit_bias``: in the ring, every rank returns the mean over ranks of the block
 contributions to d scale (one fp64 scalar all-reduce in backward), so DDP's sum ÷ P is exactly
-Σ_p ∂L_p/∂s ÷ P — no stray world-size factor (the hazard in Inf-CL's ring), no cross-rank cancellation. Block sizes must be equal on all ranks.
+Σ_p ∂L_p/∂s ÷ P — no stray world-size factor (the hazard in Inf-CL's ring), no cross-rank cancellation.
+Block sizes must be equal on all ranks.
 """
 import torch
 import torch.distributed as dist

@@ -4,7 +4,6 @@ Args (command line): ``--device cpu|cuda`` (default: cuda when available, else c
 """
 import argparse
 import importlib.util
-import os
 import platform
 
 import torch

@@ -54,7 +54,6 @@ M = N = 32k); backward da (M·d·4 per split, splits > 1 only for few row blocks
 Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
 M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
 """
-import math
 
 import torch
 import triton

@@ -71,7 +71,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=T.int_at_least(1), default=10, help="epochs to train; default: %(default)s")
     g.add_argument("--lr", type=T.positive_float, default=5e-4, help="peak learning rate; default: %(default)s")
-    g.add_argument("--wd", type=T.nonnegative_float, default=0.2, help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
+    g.add_argument("--wd", type=T.nonnegative_float, default=0.2,
+                   help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
     g.add_argument("--wd-exclude-embeddings", action="store_true", help="also no weight decay on 2-D embeddings")
     g.add_argument("--beta1", type=T.unit_interval_open, default=0.9, help="AdamW beta1; default: %(default)s")
     g.add_argument("--beta2", type=T.unit_interval_open, default=0.98, help="AdamW beta2; default: %(default)s")
@@ -108,7 +109,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block instead of DDP")
     g.add_argument("--ddp-static-graph", action="store_true", help="DDP static_graph=True")
     g = p.add_argument_group("evaluation, checkpoints, logging")
-    g.add_argument("--zeroshot-frequency", type=T.int_at_least(0), default=1, help="zero-shot eval every N epochs (0: never); default: %(default)s")
+    g.add_argument("--zeroshot-frequency", type=T.int_at_least(0), default=1,
+                   help="zero-shot eval every N epochs (0: never); default: %(default)s")
     g.add_argument("--save-frequency", type=T.int_at_least(0), default=1, help="epoch_K.pt every N epochs (0: never); default: %(default)s")
     g.add_argument("--save-every-n-steps", type=T.int_at_least(0), default=0, help="also save latest.pt every N steps (0: never)")
     g.add_argument("--keep-last", type=T.int_at_least(0), default=0, help="keep only the newest K epoch_*.pt (0: all)")

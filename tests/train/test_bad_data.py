@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from clipfast.train import data as D
 from clipfast.train.cli import main
