@@ -60,9 +60,9 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._common import DTYPE_NAMES
 from ._attention_tiles import dprobs_tile, load_rows, probs_tile, sequence_span, store_rows
 
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # On CUDA the kernels serve fp16/bf16; fp32 "ieee" dots spill at every tile (AOT: 4-20 KB of stack), so
 # fp32 CUDA tensors go to the reference (see ``unsupported``). fp32 runs the kernels under the interpreter.
 GPU_DTYPES = ("fp16", "bf16")
@@ -315,9 +315,9 @@ def head_dim_split(head_dim):
 
 def unsupported(q, seqlen):
     """Why the kernels can't run this problem (a string), or None. ``q``: any tensor with D last."""
-    if q.dtype not in _DTYPES:
+    if q.dtype not in DTYPE_NAMES:
         return f"dtype {q.dtype} (kernels: float32, float16, bfloat16)"
-    if q.device.type == "cuda" and _DTYPES[q.dtype] not in GPU_DTYPES:
+    if q.device.type == "cuda" and DTYPE_NAMES[q.dtype] not in GPU_DTYPES:
         return f"dtype {q.dtype} on CUDA (kernels: float16, bfloat16; fp32 ieee dots spill)"
     if head_dim_split(q.shape[-1]) is None:
         return f"head dim {q.shape[-1]} (kernels: {sorted(HEAD_DIMS)})"
@@ -341,7 +341,7 @@ def _check(q, k, v, cu_seqlens, max_seqlen):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPES:
+        if t.dtype not in DTYPE_NAMES:
             raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
     want = 3 if cu_seqlens is not None else 4
     if q.dim() != want:

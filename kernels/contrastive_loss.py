@@ -60,9 +60,9 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._common import DTYPE_NAMES
 from ._tiles import accumulate_tile_grads, dot_tile
 
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
 _TARGET_PROGRAMS = 512
 _LSE_BLOCK = 256
@@ -248,7 +248,7 @@ def _check_features(a, b):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D tensor (rows, d), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype not in _DTYPES:
+        if t.dtype not in DTYPE_NAMES:
             raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
     if a.dtype != b.dtype:
         raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
@@ -411,7 +411,7 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, p
 def aot_specs():
     """Every config the launchers can choose, for fp32/fp16/bf16 and each BLOCK_D class of d."""
     specs = []
-    for dtype, ty in _DTYPES.items():
+    for dtype, ty in DTYPE_NAMES.items():
         prec = _input_precision(dtype)
         for d in (64, 32, 16):  # representatives of the BLOCK_D classes 64 / 32 / 16
             bd = _block_d(d, dtype)

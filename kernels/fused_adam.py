@@ -23,11 +23,11 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._common import DTYPE_NAMES
 from ._rounding import bf16_bits, bf16_rne, lowbias32
 
 BLOCK = 1024
 NUM_WARPS = 4
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STATE_MODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -93,7 +93,7 @@ def _check(params, grads, exp_avgs, exp_avg_sqs, masters, args):
     if masters and len(masters) != n:
         raise ValueError(f"masters: expected [] or {n} tensors, got {len(masters)}")
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
-        if p.dtype not in _DTYPES or g.dtype != p.dtype:
+        if p.dtype not in DTYPE_NAMES or g.dtype != p.dtype:
             raise TypeError(f"params[{i}]/grads[{i}]: expected one of fp32/fp16/bf16 for both, got {p.dtype} / {g.dtype}")
         if m.dtype not in _STATE_MODES or v.dtype != m.dtype:
             raise TypeError(f"exp_avgs[{i}]/exp_avg_sqs[{i}]: expected one fp32/fp16/bf16 dtype, got {m.dtype} / {v.dtype}")
@@ -132,9 +132,9 @@ def fused_adam_fwd(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta
 def aot_specs():
     """Every config the launcher can pick: param dtype x state dtype x master x stochastic rounding."""
     specs = []
-    for pdt, pty in _DTYPES.items():
+    for pdt, pty in DTYPE_NAMES.items():
         for sdt, mode in _STATE_MODES.items():
-            sty = _DTYPES[sdt]
+            sty = DTYPE_NAMES[sdt]
             variants = [(False, False)]
             if pdt != torch.float32:
                 variants.append((True, False))

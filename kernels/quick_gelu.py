@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
+from ._common import DTYPE_NAMES
 
 # Heuristic table keyed by N: (max N, BLOCK_M, BLOCK_N, num_warps); the first row with N <= max N wins.
 # Tiles hold 4096 elements (32 per thread at 4 warps), enough bytes in flight for a memory-bound pass.
@@ -27,7 +28,6 @@ _CONFIGS = (
 )
 # Upper bound on the row splits of the backward (rows of the bias-gradient partial buffer).
 MAX_ROW_SPLITS = 256
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -104,7 +104,7 @@ def _check(name, t, n_cols=None, like=None):
         raise ValueError(f"{name}: expected a 2-D (M, N) tensor, got shape {tuple(t.shape)}")
     if n_cols is not None and (t.dim() != 1 or t.shape[0] != n_cols):
         raise ValueError(f"{name}: expected shape ({n_cols},), got {tuple(t.shape)}")
-    if t.dtype not in _DTYPES:
+    if t.dtype not in DTYPE_NAMES:
         raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
     if like is not None and t.dtype != like.dtype:
         raise TypeError(f"{name}: expected dtype {like.dtype} (same as x), got {t.dtype}")
@@ -189,7 +189,7 @@ def aot_specs():
     """Every config the launchers can pick: each table row x dtype x with/without bias, fwd and bwd."""
     specs = []
     for _, block_m, block_n, num_warps in _CONFIGS:
-        for ty in _DTYPES.values():
+        for ty in DTYPE_NAMES.values():
             ptr = f"*{ty}"
             for has_bias in (True, False):
                 consts = {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": block_n}

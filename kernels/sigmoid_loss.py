@@ -35,7 +35,8 @@ import triton.language as tl
 
 from ._aot import AotSpec
 from ._tiles import accumulate_tile_grads, dot_tile, softplus
-from .contrastive_loss import _DTYPES, _block_d, _check_features, _config, _input_precision, _splits
+from ._common import DTYPE_NAMES
+from .contrastive_loss import _block_d, _check_features, _config, _input_precision, _splits
 
 
 @triton.jit
@@ -231,7 +232,7 @@ def aot_specs():
     """Every config the launchers can choose, for fp32/fp16/bf16, each BLOCK_D class, with and without
     positives, atomic and deterministic db."""
     specs = []
-    for dtype, ty in _DTYPES.items():
+    for dtype, ty in DTYPE_NAMES.items():
         prec = _input_precision(dtype)
         for bd in sorted({_block_d(d, dtype) for d in (16, 32, 64)}, reverse=True):
             common = {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "bias_ptr": "*fp32"}

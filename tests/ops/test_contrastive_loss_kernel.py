@@ -280,7 +280,7 @@ def test_aot_specs_cover_every_heuristic_choice():
                spec.num_stages) for spec in K.aot_specs()}
     listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["ATOMIC_DB"], spec.constexprs["BLOCK_D"])
                   for spec in K.aot_specs() if spec.kernel is K._contrastive_loss_bwd_kernel}
-    for dtype, ty in K._DTYPES.items():
+    for dtype, ty in K.DTYPE_NAMES.items():
         for d in range(1, 1281):
             for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
                 bm, bn, bd, warps, stages = K._config(kind, dtype, d)
