@@ -19,10 +19,16 @@ import torch.nn.functional as F
 
 from clipfast.zero_shot_classifier import build_zero_shot_classifier
 
-__all__ = ["zero_shot_classifier", "zero_shot_eval", "retrieval_eval", "linear_probe", "evaluate_shapes",
+__all__ = ["model_image_size", "zero_shot_classifier", "zero_shot_eval", "retrieval_eval", "linear_probe", "evaluate_shapes",
            "extract_features"]
 
 log = logging.getLogger(__name__)
+
+
+def model_image_size(model, default: int = 224) -> int:
+    """Side of the square images ``model.visual`` takes (``image_size`` int or (H, W) tuple), else ``default``."""
+    size = getattr(getattr(model, "visual", None), "image_size", default)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def _device(model, device) -> torch.device:
@@ -257,8 +263,7 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
     from clipfast.train.shapes import SHAPES_CLASSNAMES, SHAPES_TEMPLATES, ShapesDataset
 
     if image_size is None:
-        size = getattr(getattr(model, "visual", None), "image_size", 32)
-        image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        image_size = model_image_size(model, default=32)
     num_samples = num_samples or getattr(args, "val_num_samples", None) or 1000
     seed = (seed if seed is not None else getattr(args, "seed", 0)) + 10_000
     batch_size = batch_size or getattr(args, "batch_size", None) or 256

@@ -22,6 +22,7 @@ from clipfast.train.checkpointing import (check_resumable, find_resume, load_che
                                           remove_stale_temporaries, run_files)
 from clipfast.train.distributed import any_rank
 from clipfast.train.errors import CheckpointError, RunError, RunRefused
+from clipfast.train.evaluate import model_image_size
 from clipfast.train.optimizer import resolve_optimizer_args
 from clipfast.train.runlock import RunLock
 from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
@@ -56,11 +57,6 @@ def build_model(args, device):
     model, pre_train, pre_val = clipfast.create_model_and_transforms(args.model, **kwargs)
     tokenizer = clipfast.get_tokenizer(args.model, context_length=args.force_context_length)
     return model, pre_train, pre_val, tokenizer
-
-
-def image_size(model) -> int:
-    size = getattr(model.visual, "image_size", 224)
-    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def _bad_sample_limits(args) -> dict:
@@ -202,7 +198,7 @@ def _train(args, info, run_dir: Path, resume, state) -> int:
     model, pre_train, pre_val, tokenizer = build_model(args, info.device)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    size = image_size(model)
+    size = model_image_size(model)
     data = build_train_data(args, info, pre_train, tokenizer, size)
     evaluate = build_evaluate(args, tokenizer, pre_val, size, info.device) if args.zeroshot_frequency else None
     wrapped = dist_utils.wrap_model(model, info, mode="fsdp" if args.fsdp else "ddp", static_graph=args.ddp_static_graph)
@@ -263,7 +259,7 @@ def run_eval(args) -> int:
     args.precision = resolve_precision(args.precision, info.device)
     seed_everything(args.seed)
     model, _, pre_val, tokenizer = build_model(args, info.device)
-    evaluate = build_evaluate(args, tokenizer, pre_val, image_size(model), info.device)
+    evaluate = build_evaluate(args, tokenizer, pre_val, model_image_size(model), info.device)
     if evaluate is None:
         log.error("nothing to evaluate: --dataset-type %s without --val-data", args.dataset_type)
         return 2
