@@ -36,6 +36,14 @@ def sequence_span(cu_ptr, pid_b, seqlen_arg, is_varlen):
 
 
 @triton.jit
+def head_offset(pid_b, pid_h, start, is_varlen, stride_b, stride_h, stride_l):
+    """int64 element offset of head ``pid_h``'s first token of sequence ``pid_b`` in a (B, L, H, D)-strided tensor
+    (varlen: one packed (T, H, D) batch, the sequence starting at token ``start``)."""
+    return (pid_b.to(tl.int64) * (1 - is_varlen) * stride_b + start * stride_l
+            + pid_h.to(tl.int64) * stride_h)
+
+
+@triton.jit
 def probs_tile(q0, q1, k0, k1, lse, rows, cols, row_ok, col_ok, qk_scale, causal,
            BLOCK_DT: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """P tile recomputed from the saved LSE₂; 0 outside the valid (and causal) region."""

@@ -61,7 +61,7 @@ import triton.language as tl
 
 from ._aot import AotSpec
 from ._common import DTYPE_NAMES
-from ._attention_tiles import dprobs_tile, load_rows, probs_tile, sequence_span, store_rows
+from ._attention_tiles import dprobs_tile, head_offset, load_rows, probs_tile, sequence_span, store_rows
 
 # On CUDA the kernels serve fp16/bf16; fp32 "ieee" dots spill at every tile (AOT: 4-20 KB of stack), so
 # fp32 CUDA tensors go to the reference (see ``unsupported``). fp32 runs the kernels under the interpreter.
@@ -87,8 +87,8 @@ def _attn_fwd_kernel(
     tok0, seqlen, start = sequence_span(cu_ptr, pid_b, seqlen_arg, is_varlen)
     m_start = pid_m * BLOCK_M
     if m_start < seqlen:
-        off = pid_b.to(tl.int64) * stride_b * (1 - is_varlen) + start * stride_l + pid_h.to(tl.int64) * stride_h
-        off_o = pid_b.to(tl.int64) * stride_ob * (1 - is_varlen) + start * stride_ol + pid_h.to(tl.int64) * stride_oh
+        off = head_offset(pid_b, pid_h, start, is_varlen, stride_b, stride_h, stride_l)
+        off_o = head_offset(pid_b, pid_h, start, is_varlen, stride_ob, stride_oh, stride_ol)
         q_base, k_base, v_base, o_base = q_ptr + off, k_ptr + off, v_ptr + off, o_ptr + off_o
         rows = m_start + tl.arange(0, BLOCK_M)
         row_ok = rows < seqlen
@@ -148,10 +148,9 @@ def _attn_bwd_dq_kernel(
     tok0, seqlen, start = sequence_span(cu_ptr, pid_b, seqlen_arg, is_varlen)
     m_start = pid_m * BLOCK_M
     if m_start < seqlen:
-        h64, b64 = pid_h.to(tl.int64), pid_b.to(tl.int64) * (1 - is_varlen)
-        off = b64 * stride_b + start * stride_l + h64 * stride_h
-        off_o = b64 * stride_ob + start * stride_ol + h64 * stride_oh
-        off_g = b64 * stride_gb + start * stride_gl + h64 * stride_gh
+        off = head_offset(pid_b, pid_h, start, is_varlen, stride_b, stride_h, stride_l)
+        off_o = head_offset(pid_b, pid_h, start, is_varlen, stride_ob, stride_oh, stride_ol)
+        off_g = head_offset(pid_b, pid_h, start, is_varlen, stride_gb, stride_gh, stride_gl)
         rows = m_start + tl.arange(0, BLOCK_M)
         row_ok = rows < seqlen
         offs_n = tl.arange(0, BLOCK_N)
@@ -211,10 +210,9 @@ def _attn_bwd_kernel(
     tok0, seqlen, start = sequence_span(cu_ptr, pid_b, seqlen_arg, is_varlen)
     n_start = pid_n * BLOCK_N
     if n_start < seqlen:
-        h64, b64 = pid_h.to(tl.int64), pid_b.to(tl.int64) * (1 - is_varlen)
-        off = b64 * stride_b + start * stride_l + h64 * stride_h
-        off_o = b64 * stride_ob + start * stride_ol + h64 * stride_oh
-        off_g = b64 * stride_gb + start * stride_gl + h64 * stride_gh
+        off = head_offset(pid_b, pid_h, start, is_varlen, stride_b, stride_h, stride_l)
+        off_o = head_offset(pid_b, pid_h, start, is_varlen, stride_ob, stride_oh, stride_ol)
+        off_g = head_offset(pid_b, pid_h, start, is_varlen, stride_gb, stride_gh, stride_gl)
         cols = n_start + tl.arange(0, BLOCK_N)
         col_ok = cols < seqlen
         offs_m = tl.arange(0, BLOCK_M)
