@@ -8,18 +8,15 @@ same gradients as OpenCLIP's own ClipLoss / SigLipLoss on the same ranks.
 One spawn per world size covers all modes and both losses (spawning dominates the time).
 """
 import os
-import socket
-import sys
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import clipfast
-from clipfast.train.distributed import cleanup
+from tests._spawn import leave_worker, run_workers
 
 # Everything a worker needs is imported here, before any process group exists (architecture.md: a gloo
 # thread still alive at interpreter exit aborts the worker).
@@ -27,12 +24,6 @@ open_clip = pytest.importorskip("open_clip")
 
 B, D = 12, 24  # per-rank batch, feature size
 CHUNK = 5  # small tiles: several per block, ragged edges
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(world):
@@ -126,22 +117,9 @@ def _worker(rank, world, port, errors):
     except Exception:  # noqa: BLE001 - reported to the parent with the traceback
         errors.put(f"rank {rank}: {traceback.format_exc()}")
     finally:
-        # Results are in the queue (a SimpleQueue writes synchronously); leave without interpreter
-        # finalisation, where a late gloo thread could still abort the process.
-        cleanup()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        leave_worker()
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_distributed_modes_match_single_process(world):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(world, _free_port(), errors), nprocs=world, join=True, start_method="spawn")
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    assert not found, "\n".join(found)
+    run_workers(_worker, world)

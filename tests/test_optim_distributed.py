@@ -10,19 +10,16 @@ single element (rank 1's FSDP2 shard of it is empty). Then an FSDP2 run saved af
 ``full_state_dicts`` and loaded into a fresh sharded model continues exactly.
 """
 import os
-import socket
-import sys
 import traceback
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.fsdp import fully_shard
 
 from clipfast import _extension
 from clipfast.optim import Adam, AdamW
-from clipfast.train.distributed import cleanup, full_state_dicts, load_full_state_dicts
+from clipfast.train.distributed import full_state_dicts, load_full_state_dicts
+from tests._spawn import leave_worker, run_workers
 
 # Everything a worker needs is imported above, before any process group exists (architecture.md).
 SHAPES = [(33, 7), (50,), (9, 4, 3), (1,)]
@@ -104,26 +101,9 @@ def _worker(rank, world, port, backends, errors):
     except Exception:  # noqa: BLE001 - reported to the parent with the traceback
         errors.put(f"rank {rank}: {traceback.format_exc()}")
     finally:
-        cleanup()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        leave_worker()
 
 
 def test_ddp_and_fsdp2_equal_single_process():
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     backends = ["reference"] + (["cuda"] if _extension.load() is not None else [])  # cuda: the C++ CPU kernel
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(2, _free_port(), backends, errors), nprocs=2, join=True, start_method="spawn")
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    assert not found, "\n".join(found)
+    run_workers(_worker, 2, backends)

@@ -5,7 +5,6 @@ Trains the tiny CLIP for a few steps in each requested mode and writes, on rank 
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from clipfast.train.distributed import all_reduce_mean, cleanup, full_state_dicts, init_distributed, wrap_model  # noqa: E402
+from clipfast.train.distributed import all_reduce_mean, full_state_dicts, init_distributed, wrap_model  # noqa: E402
 from clipfast.train.trainer import Trainer  # noqa: E402
+from tests._spawn import leave_worker  # noqa: E402
 from tests.train._train_utils import RandomPairs, clip_loss, tiny_clip, train_args  # noqa: E402
 
 MODES = {
@@ -57,13 +57,8 @@ def main():
         results[mode + "/state_dict_shapes"] = {k: list(v.shape) for k, v in model_sd.items() if k in ("logit_scale", "visual.proj")}
     if info.is_master:
         Path(a.out).write_text(json.dumps(results))
-    cleanup()
 
 
 if __name__ == "__main__":
     main()
-    # Results are on disk; leave without interpreter finalisation, where a late gloo thread could still
-    # abort the process (architecture.md, multi-process tests).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()  # results are on disk

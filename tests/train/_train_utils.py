@@ -59,3 +59,15 @@ def train_args(**overrides):
                 save_frequency=1, save_every_n_steps=0, keep_last=0, no_progress=True, lr_scheduler="cosine")
     args.update(overrides)
     return argparse.Namespace(**args)
+
+
+def fit_recording_losses(trainer, resume=None, stop_at=None) -> tuple:
+    """``trainer.fit()`` after resuming from ``resume`` (if given), requesting a stop after step ``stop_at``
+    (if given). Returns ``(summary, {step: loss})``."""
+    if resume:
+        trainer.resume(resume)
+    losses = {}
+    trainer.add_callback(lambda t, s: losses.__setitem__(t.step, s["loss"].item()))
+    if stop_at:
+        trainer.add_callback(lambda t, s: t.step == stop_at and t.request_stop())
+    return trainer.fit(), losses

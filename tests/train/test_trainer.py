@@ -9,7 +9,7 @@ from clipfast.train.params import exclude_from_weight_decay, param_groups
 from clipfast.train.schedule import WarmupCosine, lr_at
 from clipfast.train.trainer import Trainer
 from tests.numerics import assert_close
-from tests.train._train_utils import RandomPairs, clip_loss, tiny_clip, train_args
+from tests.train._train_utils import RandomPairs, clip_loss, fit_recording_losses, tiny_clip, train_args
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -107,13 +107,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, accum):
         torch.manual_seed(0)
         model = tiny_clip()
         trainer = Trainer(args, model, clip_loss(), data.train_data(8), run_dir=run_dir)
-        if resume:
-            trainer.resume(resume)
-        losses = {}
-        trainer.add_callback(lambda t, s: losses.__setitem__(t.step, s["loss"].item()))
-        if stop_at:
-            trainer.add_callback(lambda t, s: t.step == stop_at and t.request_stop())
-        return trainer.fit(), losses, model
+        return (*fit_recording_losses(trainer, resume, stop_at), model)
 
     _, straight, model_straight = run(tmp_path / "a")
     summary, first, _ = run(tmp_path / "b", stop_at=5)

@@ -16,7 +16,7 @@ from clipfast.train.cli import CliError, parse_args, validate
 from clipfast.train.optimizer import resolve_optimizer_args
 from clipfast.train.trainer import Trainer
 from tests.numerics import assert_close
-from tests.train._train_utils import RandomPairs, clip_loss, tiny_clip, train_args
+from tests.train._train_utils import RandomPairs, clip_loss, fit_recording_losses, tiny_clip, train_args
 
 CLIPFAST = dict(optimizer="clipfast-adamw")
 
@@ -99,13 +99,7 @@ def test_resume_is_bit_exact(tmp_path, precision, kw):
         model = tiny_clip(precision)
         trainer = Trainer(train_args(precision=precision, epochs=2, **kw), model, clip_loss(),
                           RandomPairs(32 * accum, noise=True).train_data(8), run_dir=run_dir)
-        if resume:
-            trainer.resume(resume)
-        losses = {}
-        trainer.add_callback(lambda t, s: losses.__setitem__(t.step, s["loss"].item()))
-        if stop_at:
-            trainer.add_callback(lambda t, s: t.step == stop_at and t.request_stop())
-        trainer.fit()
+        _, losses = fit_recording_losses(trainer, resume, stop_at)
         return losses, model, trainer.optimizer
 
     straight, model_a, opt_a = run(tmp_path / "a")
