@@ -11,6 +11,9 @@ Backends, fastest first:
 
 ``CLIPFAST_BACKEND=reference|triton|cuda`` forces one for every op that has it (an op without it
 uses ``reference``); forcing a backend this machine can't run raises an error that says why.
+
+Ops call ``resolve(op, device)``: ``select`` cached per (op, device, environment) and a constant of a
+``torch.compile`` graph (the extension and environment checks run once, eagerly, at trace time).
 """
 import importlib.util
 import os
@@ -98,6 +101,23 @@ def select(op, device):
         if _reason(op, backend, device) is None:
             return backend
     return "reference"
+
+
+_RESOLVED = {}
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op, device):
+    key = (op, device, os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = select(op, torch.device(device))
+    return _RESOLVED[key]
+
+
+def resolve(op, device):
+    """``select(op, device)``, cached; under ``torch.compile`` a constant of the graph (the environment is
+    read when the graph is traced)."""
+    return _resolve(op, str(device))
 
 
 def describe(backend, device):

@@ -3,18 +3,20 @@
 ``ClipLoss`` and ``SigLipLoss`` take OpenCLIP's constructor arguments and ``forward`` contracts, so
 ``loss(**model_out, output_dict=True)`` works in OpenCLIP's training loop; the N×N logits are never
 materialised (see ``clipfast.ops.contrastive_loss`` / ``clipfast.ops.sigmoid_loss``). Distributed
-modes (``clipfast.distributed``): OpenCLIP's gather modes with the same gradient semantics, and
-``mode="ring"`` (O(B·d) memory per rank). Loss values are fp32 whatever the feature dtype.
+modes (``clipfast.ops._loss_engines``, ``clipfast.collectives``): OpenCLIP's gather modes with the same
+gradient semantics, and ``mode="ring"`` (O(B·d) memory per rank). Loss values are fp32 whatever the
+feature dtype. On one process both losses are custom ops: ``torch.compile(fullgraph=True)`` traces them.
 """
 import torch
 import torch.nn as nn
 
-from clipfast import distributed as cf_dist
 from clipfast import backend as _backend
-from clipfast.ops.contrastive_loss import (
-    _check_features, check_scale, contrastive_loss, local_contrastive_loss, row_cross_entropy,
-)
-from clipfast.ops.sigmoid_loss import _select, local_sigmoid_loss, sigmoid_block_bwd, sigmoid_block_fwd, sigmoid_loss
+from clipfast.collectives import all_gather_features
+from clipfast.ops._checks import check_features, check_scalar
+from clipfast.ops.contrastive_loss import contrastive_loss, local_contrastive_loss
+from clipfast.ops._contrastive_loss_blocks import row_cross_entropy
+from clipfast.ops._loss_engines import GatherSigmoidEngine, RingContrastiveEngine, RingSigmoidEngine
+from clipfast.ops.sigmoid_loss import local_sigmoid_loss, sigmoid_loss
 
 __all__ = ["ClipLoss", "SigLipLoss"]
 
@@ -68,16 +70,16 @@ class ClipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _ring(self, image_features, text_features, logit_scale):
-        _check_features(image_features, text_features)
-        scale = check_scale(logit_scale, image_features.device)
-        engine = cf_dist.RingContrastiveEngine(self.group, self.chunk_size,
-                                               _backend.select("contrastive_loss", image_features.device))
+        check_features(image_features, text_features)
+        scale = check_scalar(logit_scale, image_features.device)
+        engine = RingContrastiveEngine(self.group, self.chunk_size,
+                                       _backend.resolve("contrastive_loss", image_features.device))
         return local_contrastive_loss(image_features, text_features, scale, engine)
 
     def _gather(self, image_features, text_features, logit_scale):
         kw = dict(with_grad=self.gather_with_grad, local_loss=self.local_loss, rank=self.rank, group=self.group)
-        all_image = cf_dist.all_gather_features(image_features, **kw)
-        all_text = cf_dist.all_gather_features(text_features, **kw)
+        all_image = all_gather_features(image_features, **kw)
+        all_text = all_gather_features(text_features, **kw)
         if not self.local_loss:
             return contrastive_loss(all_image, all_text, logit_scale, chunk_size=self.chunk_size)
         offset = self.rank * image_features.shape[0]
@@ -118,29 +120,14 @@ class SigLipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _distributed(self, image_features, text_features, logit_scale, logit_bias):
-        _check_features(image_features, text_features)
+        check_features(image_features, text_features)
         dev = image_features.device
-        scale = check_scale(logit_scale, dev)
-        bias = check_scale(logit_bias, dev, "logit_bias")
-        be = _select(dev)
+        scale = check_scalar(logit_scale, dev)
+        bias = check_scalar(logit_bias, dev, "logit_bias")
+        be = _backend.resolve("sigmoid_loss", dev)
         if self.dist_impl == "gather":
-            all_text = cf_dist.all_gather_features(text_features, with_grad=True, group=self.group)
-            engine = _GatherSigmoidEngine(self.rank, self.chunk_size, be)
+            all_text = all_gather_features(text_features, with_grad=True, group=self.group)
+            engine = GatherSigmoidEngine(self.rank, self.chunk_size, be)
             return local_sigmoid_loss(image_features, all_text, scale, bias, engine)
-        engine = cf_dist.RingSigmoidEngine(self.group, self.chunk_size, be)
+        engine = RingSigmoidEngine(self.group, self.chunk_size, be)
         return local_sigmoid_loss(image_features, text_features, scale, bias, engine)
-
-
-class _GatherSigmoidEngine:
-    """This rank's rows against all gathered columns (positives at offset rank·B), one chunked block."""
-
-    def __init__(self, rank, chunk_size, backend):
-        self.rank, self.chunk_size, self.backend = rank, chunk_size, backend
-
-    def forward(self, a, b, scale, bias):
-        return sigmoid_block_fwd(a, b, scale, bias, self.rank * a.shape[0], chunk_size=self.chunk_size,
-                                 backend=self.backend)
-
-    def backward(self, a, b, scale, bias, c):
-        return sigmoid_block_bwd(a, b, scale, bias, c, self.rank * a.shape[0], chunk_size=self.chunk_size,
-                                 backend=self.backend)

@@ -32,7 +32,6 @@ an ulp, and then a bf16 rounding decision by one bf16 ulp).
 Limits: dense, contiguous tensors (``fused_adam`` falls back to the reference otherwise), one parameter dtype
 and one state dtype per call, fewer than 2**31 elements per tensor.
 """
-import os
 
 import torch
 
@@ -164,17 +163,6 @@ def _(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta1, beta2, eps
     return None
 
 
-_SELECTED = {}
-
-
-def select_backend(device):
-    """The backend ``fused_adam`` uses for tensors on ``device`` (cached per device and environment)."""
-    key = (str(device), os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
-    if key not in _SELECTED:
-        _SELECTED[key] = _backend.select("fused_adam", torch.device(device))
-    return _SELECTED[key]
-
-
 def _check(params, grads, exp_avgs, exp_avg_sqs, masters, args):
     n = len(params)
     for name, lst in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
@@ -220,7 +208,7 @@ def fused_adam(params, grads, exp_avgs, exp_avg_sqs, masters, args, *, lr, beta1
     _check(params, grads, exp_avgs, exp_avg_sqs, masters, args)
     if not params:
         return
-    backend = select_backend(params[0].device)
+    backend = _backend.resolve("fused_adam", params[0].device)
     tensors = [*params, *grads, *exp_avgs, *exp_avg_sqs, *masters]
     if backend != "reference" and not all(t.is_contiguous() for t in tensors):
         backend = "reference"

@@ -10,8 +10,6 @@ Backends (``clipfast.backend.select``): ``triton`` (``clipfast.kernels.quick_gel
 ``reference``. The fused paths run as the custom op ``torch.ops.clipfast.quick_gelu`` (with a fake
 implementation and autograd), so ``torch.compile`` traces them. Double backward is not supported.
 """
-import os
-
 import torch
 
 from clipfast import backend as _backend
@@ -112,19 +110,6 @@ def _backward_rule(ctx, grad):
 _quick_gelu_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
-_SELECTED = {}
-
-
-@torch.compiler.assume_constant_result
-def _select_backend(device):
-    # Run eagerly at trace time (torch.compile can't trace the extension/env checks); the choice
-    # depends only on the device and the environment, so it is a constant of the compiled graph.
-    key = (device, os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
-    if key not in _SELECTED:
-        _SELECTED[key] = _backend.select("quick_gelu", torch.device(device))
-    return _SELECTED[key]
-
-
 def quick_gelu(x, bias=None):
     """QuickGELU of ``x + bias``: ``y = z * sigmoid(1.702 * z)``, ``z = x + bias``, fp32 math.
 
@@ -140,7 +125,7 @@ def quick_gelu(x, bias=None):
         ``bias``; backward recomputes the activation from the saved ``x`` and ``bias``.
     """
     _check_inputs(x, bias)
-    backend = _select_backend(str(x.device))
+    backend = _backend.resolve("quick_gelu", x.device)
     if backend == "reference" or (x.dtype not in _FUSED_DTYPES and not (backend == "cuda" and x.device.type == "cpu")):
         return quick_gelu_ref(x, bias)
     return _quick_gelu_op(x, bias, backend)

@@ -14,18 +14,22 @@ Algorithm: S tiles of ``chunk_size`` rows × columns; forward sums softplus per 
 negated inside the tile, so softplus(−x) is exact, not softplus(x) − x); backward recomputes each tile
 once and applies it to both dI and dT (σ(−x) on the positives, again exact). One N²d matmul forward,
 three backward; memory two tiles plus O(N). A block may also be rectangular with its positives at
-(i, i + k) or have none: the distributed modes (``clipfast.distributed``) use that.
+(i, i + k) or have none: the distributed engines (``clipfast.ops._loss_engines``) use that.
 
 Backends (``clipfast.backend``): ``triton`` (``clipfast.kernels.sigmoid_loss``) or ``reference`` (the chunked
-PyTorch path, fp32 math on any device; fp64 inputs stay fp64).
+PyTorch path of ``clipfast.ops._sigmoid_loss_blocks``, fp32 math on any device; fp64 inputs stay fp64).
+On one process the loss runs as the custom ops ``torch.ops.clipfast.sigmoid_loss`` / ``sigmoid_loss_backward``
+(fake implementations + autograd: ``torch.compile(fullgraph=True)`` traces it); the distributed engines
+run through ``local_sigmoid_loss``.
 """
 import torch
 import torch.nn.functional as F
 
 from clipfast import backend as _backend
-from clipfast.ops.contrastive_loss import _acc_dtype, _check_chunk, _check_features, check_scale, rowdot_sum
+from clipfast.ops._checks import acc_dtype, check_chunk, check_features, check_scalar
+from clipfast.ops._loss_engines import LocalSigmoidEngine
 
-__all__ = ["sigmoid_loss", "sigmoid_loss_ref", "sigmoid_block_fwd", "sigmoid_block_bwd"]
+__all__ = ["sigmoid_loss", "sigmoid_loss_ref", "local_sigmoid_loss"]
 
 
 def sigmoid_loss_ref(image_features, text_features, logit_scale, logit_bias):
@@ -39,118 +43,72 @@ def sigmoid_loss_ref(image_features, text_features, logit_scale, logit_bias):
     return -F.logsigmoid(labels * logits).sum() / n
 
 
-def _select(device):
-    return _backend.select("sigmoid_loss", device)
+def _loss_forward(engine, a, b, scale, bias):
+    return (engine.forward(a, b, scale, bias) / a.shape[0]).to(acc_dtype(a))
 
 
-def _sig_fwd_chunked(a, b, s, bias, offset, tiles):
-    """Σ_ij softplus(−z_ij·x_ij) over one block (positives at (i, i + offset); None: none), float64."""
-    (m, _), n = a.shape, b.shape[0]
-    tm, tn = min(tiles[0], m), min(tiles[1], n)
-    acc = _acc_dtype(a)
-    buf = torch.empty(tm * tn, dtype=acc, device=a.device)
-    total = torch.zeros((), dtype=torch.float64, device=a.device)
-    for r0 in range(0, m, tm):
-        ar = a[r0:r0 + tm].to(acc) * s
-        for c0 in range(0, n, tn):
-            bc = b[c0:c0 + tn].to(acc)
-            t = buf[: ar.shape[0] * bc.shape[0]].view(ar.shape[0], bc.shape[0])
-            torch.mm(ar, bc.T, out=t).add_(bias)  # x tile
-            if offset is not None:
-                t.diagonal(r0 + offset - c0).neg_()  # positives: −x
-            total += F.softplus(t).sum().to(torch.float64)
-    return total
+def _loss_backward(engine, grad, a, b, scale, bias):
+    da, db, dscale, dbias = engine.backward(a, b, scale, bias, grad.double() / a.shape[0])
+    return (da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape),
+            dbias.to(bias.dtype).reshape(bias.shape))
 
 
-def _sig_bwd_chunked(a, b, s, bias, c, offset, tiles):
-    """(da, db, dscale, dbias) of c·Σ_ij softplus(−z_ij·x_ij) over one block; compute dtype."""
-    (m, d), n = a.shape, b.shape[0]
-    tm, tn = min(tiles[0], m), min(tiles[1], n)
-    acc, dev = _acc_dtype(a), a.device
-    gb = torch.zeros(m, d, dtype=acc, device=dev)  # (G/c)·b
-    db = torch.zeros(n, d, dtype=acc, device=dev)
-    dscale = torch.zeros((), dtype=torch.float64, device=dev)
-    dbias = torch.zeros((), dtype=torch.float64, device=dev)
-    buf = torch.empty(tm * tn, dtype=acc, device=dev)
-    for r0 in range(0, m, tm):
-        a_r = a[r0:r0 + tm].to(acc)
-        ar = a_r * s
-        rows = slice(r0, r0 + ar.shape[0])
-        for c0 in range(0, n, tn):
-            bc = b[c0:c0 + tn].to(acc)
-            t = buf[: ar.shape[0] * bc.shape[0]].view(ar.shape[0], bc.shape[0])
-            torch.mm(ar, bc.T, out=t).add_(bias)
-            if offset is not None:
-                diag = t.diagonal(r0 + offset - c0)
-                diag.neg_()
-                t.sigmoid_()
-                diag.neg_()  # positives: −σ(−x) = σ(x) − 1, exact
-            else:
-                t.sigmoid_()
-            dbias += t.sum().to(torch.float64)
-            gb[rows].addmm_(t, bc)
-            db[c0:c0 + bc.shape[0]].addmm_(t.T, ar, alpha=c)
-        dscale += rowdot_sum(gb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
-    return gb.mul_(s * c), db, dscale * c, dbias * c
+@torch.library.custom_op("clipfast::sigmoid_loss", mutates_args=())
+def _sigmoid_loss_op(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                     chunk_size: int | None, backend: str) -> torch.Tensor:
+    """0-d loss on one process, in the compute dtype."""
+    return _loss_forward(LocalSigmoidEngine(chunk_size, backend), a, b, scale, bias)
 
 
-def sigmoid_block_fwd(a, b, scale, bias, positive_offset=0, *, chunk_size=None, backend=None):
-    """Σ_ij softplus(−z_ij·(scale·a_i·b_j + bias)) over one block (0-d; positives at (i, i + offset),
-    ``positive_offset=None`` for a negatives-only block). a (M, d), b (N, d); scale, bias 0-d tensors."""
-    backend = backend or _select(a.device)
-    if backend == "triton" and a.dtype != torch.float64:
-        from clipfast.kernels.sigmoid_loss import sigmoid_loss_fwd
-
-        return sigmoid_loss_fwd(a, b, scale.detach().float(), bias.detach().float(), positive_offset).sum()
-    return _sig_fwd_chunked(a, b, float(scale), float(bias), positive_offset, _check_chunk(chunk_size))
+@_sigmoid_loss_op.register_fake
+def _(a, b, scale, bias, chunk_size, backend):
+    return a.new_empty((), dtype=acc_dtype(a))
 
 
-def sigmoid_block_bwd(a, b, scale, bias, c, positive_offset=0, *, chunk_size=None, backend=None):
-    """Gradients of c·Σ_ij softplus(−z_ij·x_ij) for one block: (da (M, d), db (N, d), dscale, dbias)."""
-    backend = backend or _select(a.device)
-    if backend == "triton" and a.dtype != torch.float64:
-        from clipfast.kernels.sigmoid_loss import sigmoid_loss_bwd
-
-        c = torch.as_tensor(c, dtype=torch.float32, device=a.device)
-        return sigmoid_loss_bwd(a, b, scale.detach().float(), bias.detach().float(), c, positive_offset)
-    return _sig_bwd_chunked(a, b, float(scale), float(bias), float(c), positive_offset, _check_chunk(chunk_size))
+@torch.library.custom_op("clipfast::sigmoid_loss_backward", mutates_args=())
+def _sigmoid_loss_backward_op(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                              bias: torch.Tensor, chunk_size: int | None,
+                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(da, db, dscale, dbias) of ``grad``·loss, each tile recomputed once."""
+    return _loss_backward(LocalSigmoidEngine(chunk_size, backend), grad, a, b, scale, bias)
 
 
-class LocalSigmoidEngine:
-    """Single-process engine: the block is the whole batch, positives on the diagonal."""
-
-    def __init__(self, chunk_size=None, backend=None):
-        self.chunk_size, self.backend = chunk_size, backend
-
-    def forward(self, a, b, scale, bias):
-        """Σ over every block these rows meet of softplus(−z·x)."""
-        return sigmoid_block_fwd(a, b, scale, bias, 0, chunk_size=self.chunk_size, backend=self.backend)
-
-    def backward(self, a, b, scale, bias, c):
-        """(da, db, dscale, dbias) of c·(that sum), with db for this process's own columns b."""
-        return sigmoid_block_bwd(a, b, scale, bias, c, 0, chunk_size=self.chunk_size, backend=self.backend)
+@_sigmoid_loss_backward_op.register_fake
+def _(grad, a, b, scale, bias, chunk_size, backend):
+    return a.new_empty(a.shape), b.new_empty(b.shape), scale.new_empty(scale.shape), bias.new_empty(bias.shape)
 
 
-class _SigmoidLoss(torch.autograd.Function):
+def _setup_context(ctx, inputs, output):
+    a, b, scale, bias, chunk_size, backend = inputs
+    ctx.save_for_backward(a, b, scale, bias)
+    ctx.args = (chunk_size, backend)
+
+
+def _backward_rule(ctx, grad):
+    return (*_sigmoid_loss_backward_op(grad, *ctx.saved_tensors, *ctx.args), None, None)
+
+
+_sigmoid_loss_op.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+class _EngineSigmoidLoss(torch.autograd.Function):
+    """The loss around any engine (the distributed ones: their collectives are not traced)."""
+
     @staticmethod
     def forward(ctx, a, b, scale, bias, engine):
-        total = engine.forward(a, b, scale, bias)
         ctx.save_for_backward(a, b, scale, bias)
         ctx.engine = engine
-        return (total / a.shape[0]).to(_acc_dtype(a))
+        return _loss_forward(engine, a, b, scale, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, scale, bias = ctx.saved_tensors
-        c = grad.double() / a.shape[0]
-        da, db, dscale, dbias = ctx.engine.backward(a, b, scale, bias, c)
-        return (da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape),
-                dbias.to(bias.dtype).reshape(bias.shape), None)
+        return (*_loss_backward(ctx.engine, grad, *ctx.saved_tensors), None)
 
 
 def local_sigmoid_loss(image_features, text_features, logit_scale, logit_bias, engine):
-    """(1/B)·Σ over this process's rows of softplus(−z·x) against every column ``engine`` reaches."""
-    return _SigmoidLoss.apply(image_features, text_features, logit_scale, logit_bias, engine)
+    """(1/B)·Σ over this process's rows of softplus(−z·x) against every column ``engine`` reaches
+    (``clipfast.ops._loss_engines``); scale and bias already checked 0-d tensors."""
+    return _EngineSigmoidLoss.apply(image_features, text_features, logit_scale, logit_bias, engine)
 
 
 def sigmoid_loss(image_features, text_features, logit_scale, logit_bias, *, chunk_size=None):
@@ -168,10 +126,10 @@ def sigmoid_loss(image_features, text_features, logit_scale, logit_bias, *, chun
     Raises:
         TypeError / ValueError naming the argument (shapes, dtypes, devices, non-finite scale/bias).
     """
-    _check_features(image_features, text_features)
+    check_features(image_features, text_features)
     dev = image_features.device
-    scale = check_scale(logit_scale, dev)
-    bias = check_scale(logit_bias, dev, "logit_bias")
-    _check_chunk(chunk_size)
-    engine = LocalSigmoidEngine(chunk_size, _select(dev))
-    return _SigmoidLoss.apply(image_features, text_features, scale, bias, engine)
+    scale = check_scalar(logit_scale, dev)
+    bias = check_scalar(logit_bias, dev, "logit_bias")
+    check_chunk(chunk_size)
+    return _sigmoid_loss_op(image_features, text_features, scale, bias, chunk_size,
+                            _backend.resolve("sigmoid_loss", dev))

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipfast.ops.contrastive_loss import (
-    _lse_fwd_chunked, contrastive_loss, contrastive_loss_ref, lse_block, lse_block_bwd, lse_block_fwd,
-)
+from clipfast.ops._contrastive_loss_chunked import lse_fwd_chunked
+from clipfast.ops.contrastive_loss import contrastive_loss, contrastive_loss_ref
+from clipfast.ops._contrastive_loss_blocks import lse_block_bwd, lse_block_fwd
 from tests.numerics import assert_close, assert_matches_reference
 
 
@@ -124,7 +124,7 @@ def test_column_underflow_recomputed_exactly():
     b = torch.cat([F.normalize(e1 + 0.01 * torch.randn(32, d), dim=-1),
                    F.normalize(-e1 + 0.3 * torch.randn(32, d), dim=-1)])  # half the columns ≈ −e1
     s = torch.tensor(100.0)
-    lse_row, lse_col = _lse_fwd_chunked(a, b, 100.0, True, True, (64, 64))
+    lse_row, lse_col = lse_fwd_chunked(a, b, 100.0, True, True, (64, 64))
     exact = 100.0 * a.double() @ b.double().T
     assert_close(lse_col, exact.logsumexp(0), dtype=torch.float32, name="lse_col")
     assert_close(lse_row, exact.logsumexp(1), dtype=torch.float32, name="lse_row")
@@ -134,37 +134,23 @@ def test_column_underflow_recomputed_exactly():
 
 @pytest.mark.parametrize("want_row,want_col", [(True, True), (True, False), (False, True)])
 def test_lse_block_rectangular_with_grads(want_row, want_col):
+    """lse_block_fwd/_bwd on a rectangular block with one direction absent and signed coefficients (the
+    shapes the distributed engines and row_cross_entropy use) against autograd through the full logits."""
     a, b = torch.randn(37, 24, dtype=torch.float64), torch.randn(53, 24, dtype=torch.float64)
     s = torch.tensor(2.5, dtype=torch.float64)
     w_row, w_col = torch.randn(37, dtype=torch.float64), torch.randn(53, dtype=torch.float64)  # signed
+    x = [v.clone().requires_grad_() for v in (a, b, s)]
+    logits = x[2] * x[0] @ x[1].T
+    want = (logits.logsumexp(1) * w_row).sum() * want_row + (logits.logsumexp(0) * w_col).sum() * want_col
+    want.backward()
 
-    def objective(fn, a, b, s):
-        out = fn(a, b, s)
-        out = out if isinstance(out, tuple) else (out,)
-        it = iter(out)
-        total = 0
-        if want_row:
-            total = total + (next(it) * w_row).sum()
-        if want_col:
-            total = total + (next(it) * w_col).sum()
-        return total
-
-    def ref(a, b, s):
-        logits = s * a @ b.T
-        outs = ([logits.logsumexp(1)] if want_row else []) + ([logits.logsumexp(0)] if want_col else [])
-        return tuple(outs)
-
-    def ours(a, b, s):
-        return lse_block(a, b, s, want_row=want_row, want_col=want_col, chunk_size=16)
-
-    grads = []
-    for fn in (ours, ref):
-        x = [v.clone().requires_grad_() for v in (a, b, s)]
-        val = objective(fn, *x)
-        val.backward()
-        grads.append((val.detach(), *(v.grad for v in x)))
-    for got, want, name in zip(grads[0], grads[1], ("objective", "da", "db", "ds")):
-        assert_close(got, want, name=name)
+    lse_row, lse_col = lse_block_fwd(a, b, s, want_row=want_row, want_col=want_col, chunk_size=16)
+    assert (lse_row is None) != want_row and (lse_col is None) != want_col
+    got = sum((lse * w).sum() for lse, w in ((lse_row, w_row), (lse_col, w_col)) if lse is not None)
+    grads = lse_block_bwd(a, b, s, lse_row, lse_col, w_row if want_row else None, w_col if want_col else None,
+                          chunk_size=16)
+    for o, e, name in zip((got, *grads), (want.detach(), *(v.grad for v in x)), ("objective", "da", "db", "ds")):
+        assert_close(o, e, name=name)
 
 
 def test_block_launcher_contract_fp32():
@@ -217,7 +203,8 @@ def test_triton_backend_scale_zero(monkeypatch):
 
 class SyncCounter:
     """Counts the aten ops that read a tensor's value on the host (``.item()``, ``float()``, ``bool()``,
-    ``.tolist()``, data-dependent shapes): each is a host synchronisation on a GPU."""
+    ``.tolist()``, data-dependent shapes): each is a host synchronisation on a GPU. The ops inside
+    clipfast's custom ops are counted too (their Python implementation runs under a fresh copy of the mode)."""
 
     SYNC_OPS = ("_local_scalar_dense", "is_nonzero", "nonzero", "equal", "masked_select", "unique")
 
@@ -231,6 +218,11 @@ class SyncCounter:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if func.__name__.split(".")[0] in SyncCounter.SYNC_OPS:
                     counter.ops.append(func.__name__)
+                if func.namespace == "clipfast":  # run the custom op's Python implementation under the mode
+                    from torch._library.custom_ops import OPDEFS
+
+                    with _Mode():
+                        return OPDEFS[func._schema.name]._init_fn(*args, **(kwargs or {}))
                 return func(*args, **(kwargs or {}))
 
         self._mode = _Mode()
@@ -330,3 +322,22 @@ def test_bad_inputs_name_the_argument(case, exc, match):
         i = [[1.0]]
     with pytest.raises(exc, match=match):
         contrastive_loss(i, t, s, **kw)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "triton"])
+def test_opcheck(backend_name):
+    """The custom ops (schema, fake implementation, autograd registration, AOT dispatch) on both paths."""
+    from clipfast import backend
+    from clipfast.ops._contrastive_loss_blocks import _row_cross_entropy_op
+    from clipfast.ops.contrastive_loss import _contrastive_loss_backward_op, _contrastive_loss_op
+
+    if backend._reason("contrastive_loss", backend_name, torch.device("cpu")) is not None:
+        pytest.skip("Triton interpreter not available")
+    i, t = (v.requires_grad_() for v in _pairs(13, 16, torch.float32))
+    s = torch.tensor(10.0, requires_grad=True)
+    torch.library.opcheck(_contrastive_loss_op, (i, t, s, 5, backend_name))
+    _, lse_row, lse_col = (v.detach() for v in _contrastive_loss_op(i, t, s, None, backend_name))
+    torch.library.opcheck(_contrastive_loss_backward_op,
+                          (torch.tensor(1.0), i.detach(), t.detach(), s.detach(), lse_row, lse_col, None, backend_name))
+    a, b = _pairs(5, 16, torch.float32)[0].requires_grad_(), t.detach().clone().requires_grad_()
+    torch.library.opcheck(_row_cross_entropy_op, (a, b, s, 3, 4, backend_name))

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipfast.ops.sigmoid_loss import sigmoid_block_bwd, sigmoid_block_fwd, sigmoid_loss, sigmoid_loss_ref
+from clipfast.ops.sigmoid_loss import sigmoid_loss, sigmoid_loss_ref
+from clipfast.ops._sigmoid_loss_blocks import sigmoid_block_bwd, sigmoid_block_fwd
 from tests.numerics import assert_close, assert_matches_reference
 
 
@@ -154,3 +155,18 @@ def test_fp32_matches_fp64_relative(backend, scale, bias, m, offset):
     rel = abs(total.double() - exact).item() / exact.item()
     tol = 2e-5 if abs(bias) > 50 else 1e-6
     assert rel <= tol, f"relative error {rel:.2e} (fp32 {total.item():.9e}, fp64 {exact.item():.9e})"
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "triton"])
+def test_opcheck(backend_name):
+    """The custom ops (schema, fake implementation, autograd registration, AOT dispatch) on both paths."""
+    from clipfast import backend
+    from clipfast.ops.sigmoid_loss import _sigmoid_loss_backward_op, _sigmoid_loss_op
+
+    if backend._reason("sigmoid_loss", backend_name, torch.device("cpu")) is not None:
+        pytest.skip("Triton interpreter not available")
+    i, t = (v.float().requires_grad_() for v in _pairs(13, 16))
+    s, b = torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+    torch.library.opcheck(_sigmoid_loss_op, (i, t, s, b, 5, backend_name))
+    torch.library.opcheck(_sigmoid_loss_backward_op,
+                          (torch.tensor(1.0), i.detach(), t.detach(), s.detach(), b.detach(), None, backend_name))
