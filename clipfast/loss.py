@@ -20,12 +20,12 @@ from clipfast.ops.sigmoid_loss import local_sigmoid_loss, sigmoid_loss
 
 __all__ = ["ClipLoss", "SigLipLoss"]
 
-_MODES = ("gather", "ring")
+MODES = ("gather", "ring")  # ClipLoss(mode=...)
 
 
 def _check_mode(mode):
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     return mode
 
 

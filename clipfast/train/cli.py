@@ -12,79 +12,89 @@ ranges, choices; a switch takes true/false, null keeps a None default); unknown 
 Numeric flags are range-checked by ``clipfast.train.argtypes``; every refusal happens before any work.
 """
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
+import clipfast
+from clipfast.loss import MODES as LOSS_MODES
 from clipfast.train import argtypes as T
+from clipfast.train import run
+from clipfast.train.config import PRECISIONS, TrainConfig
+from clipfast.train.data import DATASET_TYPES, expand_shards
+from clipfast.train.errors import RunError
+from clipfast.train.optimizer import OPT_STATE_DTYPES, OPTIMIZERS
+from clipfast.train.schedule import SCHEDULES
 
 log = logging.getLogger("clipfast.train")
 
-PRECISIONS = ("auto", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
-DATASET_TYPES = ("shapes", "synthetic", "csv", "folder", "webdataset", "auto")  # clipfast.train.data.DATASET_TYPES
-
 
 class CliError(Exception):
-    """A usage error reported as ``clipfast: error: ...`` with exit status 2, before any work."""
+    """A usage error reported as ``clipfast <command>: error: ...`` with exit status 2, before any work."""
+
+    def __init__(self, message, command=None):
+        super().__init__(message)
+        self.command = command
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="demo-vit", help="model config name (see --list-models); default: %(default)s")
-    g.add_argument("--pretrained", default=None, help="checkpoint file (clipfast or OpenCLIP state dict) to start from")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+    g.add_argument("--model", help="model config name (see --list-models); default: %(default)s")
+    g.add_argument("--pretrained", help="checkpoint file (clipfast or OpenCLIP state dict) to start from")
+    g.add_argument("--precision", choices=PRECISIONS,
                    help="amp: fp16 autocast + GradScaler; amp_bf16: bf16 autocast; fp16/bf16: low-precision weights with "
                         "fp32 LayerNorm; pure_fp16/pure_bf16: whole model cast; fp32. auto: amp_bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--force-context-length", type=T.int_at_least(1), default=None, help="override the text tower's context length")
-    g.add_argument("--force-image-size", type=T.int_at_least(1), default=None, help="override the vision tower's image size")
+    g.add_argument("--force-context-length", type=T.int_at_least(1), help="override the text tower's context length")
+    g.add_argument("--force-image-size", type=T.int_at_least(1), help="override the vision tower's image size")
     g.add_argument("--force-quick-gelu", action="store_true", help="use QuickGELU (OpenAI weights)")
     g.add_argument("--list-models", action="store_true", help="print the model config names and exit")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset-type", choices=DATASET_TYPES, default="shapes",
+    g.add_argument("--dataset-type", choices=DATASET_TYPES,
                    help="shapes: built-in colour x shape captions (no files); synthetic: random tensors; csv; folder (images with "
                         "<stem>.txt captions); webdataset; auto: from the --train-data path. default: %(default)s")
-    g.add_argument("--train-data", default=None, help="csv file or webdataset shards (brace notation) for training")
-    g.add_argument("--val-data", default=None, help="csv file or webdataset shards for validation")
-    g.add_argument("--train-num-samples", type=T.int_at_least(1), default=None, help="samples per epoch (required for webdataset)")
-    g.add_argument("--val-num-samples", type=T.int_at_least(1), default=None, help="validation samples (webdataset)")
-    g.add_argument("--csv-separator", default="\t", help="csv column separator; default: tab")
-    g.add_argument("--csv-img-key", default="filepath", help="csv column with image paths; default: %(default)s")
-    g.add_argument("--csv-caption-key", default="title", help="csv column with captions; default: %(default)s")
-    g.add_argument("--workers", type=T.int_at_least(0), default=1, help="data loader worker processes per rank; default: %(default)s")
-    g.add_argument("--batch-size", type=T.int_at_least(1), default=64, help="micro-batch size per process; default: %(default)s")
-    g.add_argument("--max-bad-sample-fraction", type=T.fraction, default=0.5,
+    g.add_argument("--train-data", help="csv file or webdataset shards (brace notation) for training")
+    g.add_argument("--val-data", help="csv file or webdataset shards for validation")
+    g.add_argument("--train-num-samples", type=T.int_at_least(1), help="samples per epoch (required for webdataset)")
+    g.add_argument("--val-num-samples", type=T.int_at_least(1), help="validation samples (webdataset)")
+    g.add_argument("--csv-separator", help="csv column separator; default: tab")
+    g.add_argument("--csv-img-key", help="csv column with image paths; default: %(default)s")
+    g.add_argument("--csv-caption-key", help="csv column with captions; default: %(default)s")
+    g.add_argument("--workers", type=T.int_at_least(0), help="data loader worker processes per rank; default: %(default)s")
+    g.add_argument("--batch-size", type=T.int_at_least(1), help="micro-batch size per process; default: %(default)s")
+    g.add_argument("--max-bad-sample-fraction", type=T.fraction,
                    help="stop with an error when more than this share of the first --bad-sample-window loads are bad "
                         "(missing/corrupt images, short rows, unreadable shard members); 1: never. default: %(default)s")
-    g.add_argument("--bad-sample-window", type=T.int_at_least(1), default=1000,
+    g.add_argument("--bad-sample-window", type=T.int_at_least(1),
                    help="loads per rank over which --max-bad-sample-fraction is judged; default: %(default)s")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda; default: %(default)s")
-    g.add_argument("--seed", type=T.seed, default=0, help="seeds model init, data order and RNGs; default: %(default)s")
-    g.add_argument("--logs", default="./logs", help="root folder of runs: {logs}/{name}/...; default: %(default)s")
-    g.add_argument("--name", default=None, help="run name; default: model-date-time")
-    g.add_argument("--log-level", default="INFO", help="logging level; default: %(default)s")
-    g.add_argument("--config", default=None, help="a .json or .yaml file of flag values (keys = flag names); flags override it")
+    g.add_argument("--device", help="auto (cuda when available), cpu, cuda; default: %(default)s")
+    g.add_argument("--seed", type=T.seed, help="seeds model init, data order and RNGs; default: %(default)s")
+    g.add_argument("--logs", help="root folder of runs: {logs}/{name}/...; default: %(default)s")
+    g.add_argument("--name", help="run name; default: model-date-time")
+    g.add_argument("--log-level", help="logging level; default: %(default)s")
+    g.add_argument("--config", help="a .json or .yaml file of flag values (keys = flag names); flags override it")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=T.int_at_least(1), default=10, help="epochs to train; default: %(default)s")
-    g.add_argument("--lr", type=T.positive_float, default=5e-4, help="peak learning rate; default: %(default)s")
-    g.add_argument("--wd", type=T.nonnegative_float, default=0.2,
+    g.add_argument("--epochs", type=T.int_at_least(1), help="epochs to train; default: %(default)s")
+    g.add_argument("--lr", type=T.positive_float, help="peak learning rate; default: %(default)s")
+    g.add_argument("--wd", type=T.nonnegative_float,
                    help="AdamW weight decay (not on gains, biases, logit_scale); default: %(default)s")
     g.add_argument("--wd-exclude-embeddings", action="store_true", help="also no weight decay on 2-D embeddings")
-    g.add_argument("--beta1", type=T.unit_interval_open, default=0.9, help="AdamW beta1; default: %(default)s")
-    g.add_argument("--beta2", type=T.unit_interval_open, default=0.98, help="AdamW beta2; default: %(default)s")
-    g.add_argument("--eps", type=T.positive_float, default=1e-6, help="AdamW epsilon; default: %(default)s")
-    g.add_argument("--optimizer", choices=("adamw", "clipfast-adamw"), default=None,
+    g.add_argument("--beta1", type=T.unit_interval_open, help="AdamW beta1; default: %(default)s")
+    g.add_argument("--beta2", type=T.unit_interval_open, help="AdamW beta2; default: %(default)s")
+    g.add_argument("--eps", type=T.positive_float, help="AdamW epsilon; default: %(default)s")
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="adamw: torch.optim.AdamW (OpenCLIP's); clipfast-adamw: clipfast.optim.AdamW, one fused pass, "
                         "bf16/fp16 m and v, stochastically rounded bf16 weights. default: adamw (clipfast-adamw with "
                         "--bf16-weights)")
-    g.add_argument("--opt-state-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+    g.add_argument("--opt-state-dtype", choices=OPT_STATE_DTYPES,
                    help="clipfast-adamw: dtype of m and v (bfloat16: 4 B/param, stochastically rounded; float16: m and "
                         "sqrt(v) with per-tensor scales). default: float32 (bfloat16 with --bf16-weights)")
-    g.add_argument("--opt-stochastic-rounding", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--opt-stochastic-rounding", action=argparse.BooleanOptionalAction,
                    help="clipfast-adamw: round bf16 weights stochastically after each update (seeded by --seed); "
                         "default: on with clipfast-adamw")
     g.add_argument("--opt-master-weights", action="store_true",
@@ -93,33 +103,33 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="bf16 weights updated with stochastic rounding (6 B/param with bf16 state): --precision "
                         "pure_bf16 unless bf16/pure_bf16 is given, --optimizer clipfast-adamw, --opt-state-dtype "
                         "bfloat16 unless given")
-    g.add_argument("--warmup", type=T.int_at_least(0), default=100, help="linear warmup steps; default: %(default)s")
-    g.add_argument("--lr-scheduler", choices=("cosine", "const"), default="cosine", help="after warmup; default: %(default)s")
-    g.add_argument("--accum-freq", type=T.int_at_least(1), default=1,
+    g.add_argument("--warmup", type=T.int_at_least(0), help="linear warmup steps; default: %(default)s")
+    g.add_argument("--lr-scheduler", choices=SCHEDULES, help="after warmup; default: %(default)s")
+    g.add_argument("--accum-freq", type=T.int_at_least(1),
                    help="micro-batches per optimizer step, with cached features as negatives (exact for the contrastive loss)")
-    g.add_argument("--grad-clip-norm", type=T.positive_float, default=None, help="clip the global gradient norm to this")
+    g.add_argument("--grad-clip-norm", type=T.positive_float, help="clip the global gradient norm to this")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in backward")
     g.add_argument("--torchcompile", action="store_true", help="torch.compile the (wrapped) model")
     g = p.add_argument_group("loss and distributed (run under torchrun)")
     g.add_argument("--local-loss", action="store_true", help="local x global logits per rank instead of global x global")
     g.add_argument("--gather-with-grad", action="store_true", help="all-gather features with gradient")
-    g.add_argument("--loss-mode", choices=("gather", "ring"), default="gather",
+    g.add_argument("--loss-mode", choices=LOSS_MODES,
                    help="gather: all-gather features (OpenCLIP; see --local-loss/--gather-with-grad); ring: pass text "
                         "blocks around the ranks, O(B*d) memory per rank (implies local loss). default: %(default)s")
     g.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block instead of DDP")
     g.add_argument("--ddp-static-graph", action="store_true", help="DDP static_graph=True")
     g = p.add_argument_group("evaluation, checkpoints, logging")
-    g.add_argument("--zeroshot-frequency", type=T.int_at_least(0), default=1,
+    g.add_argument("--zeroshot-frequency", type=T.int_at_least(0),
                    help="zero-shot eval every N epochs (0: never); default: %(default)s")
-    g.add_argument("--save-frequency", type=T.int_at_least(0), default=1, help="epoch_K.pt every N epochs (0: never); default: %(default)s")
-    g.add_argument("--save-every-n-steps", type=T.int_at_least(0), default=0, help="also save latest.pt every N steps (0: never)")
-    g.add_argument("--keep-last", type=T.int_at_least(0), default=0, help="keep only the newest K epoch_*.pt (0: all)")
-    g.add_argument("--resume", default=None,
+    g.add_argument("--save-frequency", type=T.int_at_least(0), help="epoch_K.pt every N epochs (0: never); default: %(default)s")
+    g.add_argument("--save-every-n-steps", type=T.int_at_least(0), help="also save latest.pt every N steps (0: never)")
+    g.add_argument("--keep-last", type=T.int_at_least(0), help="keep only the newest K epoch_*.pt (0: all)")
+    g.add_argument("--resume",
                    help="checkpoint file to resume from, or 'latest': the newest loadable checkpoint of {logs}/{name} "
                         "(latest.pt, else the newest epoch_*.pt; a fresh start when there is none). The run must keep "
                         "--batch-size, --accum-freq and the number of processes (else it refuses: the data position and "
                         "schedule are counted in those batches); to change them start a new run with --pretrained FILE")
-    g.add_argument("--log-every-n-steps", type=T.int_at_least(1), default=10, help="metrics line every N steps; default: %(default)s")
+    g.add_argument("--log-every-n-steps", type=T.int_at_least(1), help="metrics line every N steps; default: %(default)s")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
 
@@ -134,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(train)
     ev = sub.add_parser("eval", help="evaluate a checkpoint (zero-shot on the dataset's classes)")
     _add_common(ev)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "command"}
+    for p in (train, ev):  # the defaults are TrainConfig's (eval gets the training ones too)
+        p.set_defaults(**defaults)
     return parser
 
 
@@ -210,11 +223,12 @@ def _strict_parse(sub: argparse.ArgumentParser, tokens: list) -> None:
         del sub.error
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> TrainConfig:
     """Parse ``argv`` (default ``sys.argv[1:]``), applying ``--config`` under the explicit flags.
 
     The file's values become tokens placed right after the sub-command, before the explicit flags (which
     therefore win), and go through the same types and choices; an error names the file and the flag.
+    Returns the run's :class:`TrainConfig`; a combination it refuses is a :class:`CliError`.
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -228,69 +242,60 @@ def parse_args(argv=None) -> argparse.Namespace:
             sub.error(str(e) if str(e).startswith("--config") else f"--config {args.config}: {e}")
         at = argv.index(args.command) + 1
         args = parser.parse_args(argv[:at] + tokens + argv[at:])
-    return args
+    try:
+        return TrainConfig.from_namespace(args)
+    except ValueError as e:
+        raise CliError(str(e), args.command) from None
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(cfg: TrainConfig) -> None:
     """Usage errors that must surface before any model is built or data is read."""
-    import clipfast
-
     models = clipfast.list_models()
-    if args.model not in models and not Path(args.model).is_file():
-        raise CliError(f"--model: unknown model {args.model!r}; choose one of: {', '.join(models)}")
-    files = [("pretrained", args.pretrained)]
-    if getattr(args, "resume", None) not in (None, "latest"):
-        files.append(("resume", args.resume))
+    if cfg.model not in models and not Path(cfg.model).is_file():
+        raise CliError(f"--model: unknown model {cfg.model!r}; choose one of: {', '.join(models)}")
+    files = [("pretrained", cfg.pretrained)]
+    if cfg.resume not in (None, "latest"):
+        files.append(("resume", cfg.resume))
     for flag, value in files:
         if value and not Path(value).is_file():
             raise CliError(f"--{flag}: checkpoint {value!r} does not exist")
         if value and Path(value).stat().st_size == 0:
             raise CliError(f"--{flag}: checkpoint {value!r} is empty (0 bytes): an interrupted copy or write?")
-    for flag in ("train_data", "val_data"):
-        value = getattr(args, flag)
-        if value and args.dataset_type in ("csv", "folder", "auto") and not Path(value).exists():
-            raise CliError(f"--{flag.replace('_', '-')}: {value!r} does not exist")
-        if value and args.dataset_type == "webdataset":
-            from clipfast.train.data import expand_shards
-
+    for flag, value in (("--train-data", cfg.train_data), ("--val-data", cfg.val_data)):
+        if value and cfg.dataset_type in ("csv", "folder", "auto") and not Path(value).exists():
+            raise CliError(f"{flag}: {value!r} does not exist")
+        if value and cfg.dataset_type == "webdataset":
             missing = [s for s in expand_shards(value) if "://" not in s and not Path(s).exists()]
             if missing:
-                raise CliError(f"--{flag.replace('_', '-')}: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
-    if args.command == "train":
-        if args.dataset_type in ("csv", "folder", "webdataset", "auto") and not args.train_data:
-            raise CliError(f"--train-data is required with --dataset-type {args.dataset_type}")
-        if args.dataset_type == "webdataset" and not args.train_num_samples:
+                raise CliError(f"{flag}: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
+    if cfg.command == "train":
+        if cfg.dataset_type in ("csv", "folder", "webdataset", "auto") and not cfg.train_data:
+            raise CliError(f"--train-data is required with --dataset-type {cfg.dataset_type}")
+        if cfg.dataset_type == "webdataset" and not cfg.train_num_samples:
             raise CliError("--train-num-samples is required with --dataset-type webdataset")
-        from clipfast.train.optimizer import resolve_optimizer_args
-
-        try:
-            resolve_optimizer_args(args)
-        except ValueError as e:
-            raise CliError(str(e)) from None
 
 
 def main(argv=None) -> int:
     """Entry point of the ``clipfast`` console script; returns the exit status."""
-    args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    try:
+        cfg = parse_args(argv)
+    except CliError as e:
+        print(f"clipfast {e.command}: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, str(cfg.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.list_models:
-        import clipfast
-
+    if cfg.list_models:
         print("\n".join(clipfast.list_models()))
         return 0
     try:
-        validate(args)
+        validate(cfg)
     except CliError as e:
-        print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
+        print(f"clipfast {cfg.command}: error: {e}", file=sys.stderr)
         return 2
-    from clipfast.train import run
-    from clipfast.train.errors import RunError
-
     try:
-        return run.run_train(args) if args.command == "train" else run.run_eval(args)
+        return run.run_train(cfg) if cfg.command == "train" else run.run_eval(cfg)
     except RunError as e:
-        print(f"clipfast {args.command}: error: {e}", file=sys.stderr)
+        print(f"clipfast {cfg.command}: error: {e}", file=sys.stderr)
         return e.exit_status
 
 

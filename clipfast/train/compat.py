@@ -26,6 +26,7 @@ import copy
 import torch
 
 from clipfast.optim import PER_TENSOR_STATE  # clipfast.optim's per-tensor entries (fp16 scales) are not moments
+from clipfast.train.distributed import is_sharded
 
 __all__ = ["is_open_clip_checkpoint", "align_optimizer_state", "to_clipfast_state", "to_open_clip_checkpoint"]
 
@@ -107,14 +108,13 @@ def to_clipfast_state(state: dict, optimizer, model, steps_per_epoch: int) -> di
     For OpenCLIP checkpoints ``step = epoch * steps_per_epoch`` and ``batch_in_epoch = 0`` (it saves at epoch ends).
     Sharded (FSDP2) models are left to ``torch.distributed.checkpoint``: the optimizer state passes unchanged.
     """
-    from clipfast.train.distributed import _is_sharded
 
     state = dict(state)
     if is_open_clip_checkpoint(state):
         epoch = int(state["epoch"])
         state.update(step=epoch * steps_per_epoch, batch_in_epoch=0, rng=None, metrics={},
                      state_dict=_strip_module(state["state_dict"]), scaler=state.get("scaler"))
-    if state.get("optimizer") is not None and not _is_sharded(model):
+    if state.get("optimizer") is not None and not is_sharded(model):
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         state["optimizer"] = align_optimizer_state(state["optimizer"], _group_names(optimizer, model), shapes)
     return state

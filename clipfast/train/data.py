@@ -2,7 +2,7 @@
 
 Sources (``build_dataset``), each yielding ``(image (3, H, W) float, token_ids (L,) int64)`` pairs:
 
-* ``shapes``: the built-in coloured-shapes captions (:mod:`clipfast.train.shapes`), no files.
+* ``shapes``: the built-in coloured-shapes captions (:mod:`clipfast.train.shapes_dataset`), no files.
 * ``csv``: a CSV/TSV with an image-path column and a caption column (OpenCLIP's ``--csv-*`` flags);
   relative paths are tried against the working directory, then the CSV's folder.
 * ``folder``: image files (jpg/jpeg/png/webp/bmp, recursively) each with a sidecar ``<stem>.txt``.
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from clipfast.train.badsamples import DEFAULT_BAD_WINDOW, DEFAULT_MAX_BAD_FRACTION, BadSampleMonitor
+from clipfast.train.shapes_dataset import ShapesDataset
 
 __all__ = ["build_dataset", "build_dataloader", "collate_drop_none", "expand_shards", "CsvDataset", "FolderDataset",
            "WebDatasetPairs", "ShapesPairs", "SyntheticDataset", "Loader", "IMAGE_EXTENSIONS"]
@@ -215,7 +216,7 @@ class FolderDataset(_PairMixin, torch.utils.data.Dataset):
 
 
 class ShapesPairs(torch.utils.data.Dataset):
-    """``(image, tokens)`` pairs of a :class:`~clipfast.train.shapes.ShapesDataset`.
+    """``(image, tokens)`` pairs of a :class:`~clipfast.train.shapes_dataset.ShapesDataset`.
 
     The captions come from a few thousand distinct strings, so their tokens are cached (per process).
     """
@@ -592,29 +593,16 @@ def _infer_type(data: Optional[str]) -> str:
     raise ValueError(f"data: cannot infer the dataset type of {s!r}; pass dataset_type csv, folder or webdataset")
 
 
-def _from_args(args, split: str, **kw):
-    """``build_dataset`` from an argparse namespace of ``clipfast train`` (split 'train' or 'val')."""
-    data = args.train_data if split == "train" else args.val_data
-    num = args.train_num_samples if split == "train" else getattr(args, "val_num_samples", None)
-    return build_dataset(args.dataset_type, data, transform=kw.pop("preprocess", kw.pop("transform", None)),
-                         tokenizer=kw.pop("tokenizer"), split=split, num_samples=num,
-                         csv_img_key=getattr(args, "csv_img_key", "filepath"),
-                         csv_caption_key=getattr(args, "csv_caption_key", "title"),
-                         csv_separator=getattr(args, "csv_separator", "\t"), seed=getattr(args, "seed", 0), **kw)
-
-
 def build_dataset(dataset_type, data=None, *, transform=None, tokenizer=None, split: str = "train",
                   num_samples: Optional[int] = None, csv_img_key: str = "filepath", csv_caption_key: str = "title",
-                  csv_separator: str = "\t", seed: int = 0, image_size: int = 224, preprocess=None):
+                  csv_separator: str = "\t", seed: int = 0, image_size: int = 224):
     """A dataset of ``(image, token_ids)`` pairs; missing paths raise here, before any work.
 
     Args:
         dataset_type: ``shapes``, ``csv``, ``folder``, ``webdataset``, ``synthetic`` or ``auto`` (from
-            the path: .csv/.tsv, .tar/brace/``::`` shards, or a folder). May also be the argparse
-            namespace of ``clipfast train``, with ``data`` the split name (``build_dataset(args, "train",
-            preprocess=..., tokenizer=..., image_size=...)``).
+            the path: .csv/.tsv, .tar/brace/``::`` shards, or a folder).
         data: CSV path, image folder, or shard spec (unused by shapes/synthetic).
-        transform: PIL image -> tensor (the model's preprocess); ``preprocess`` is an alias. The shapes
+        transform: PIL image -> tensor (the model's preprocess). The shapes
             data ignores it: it draws at ``image_size`` and normalises with OpenAI mean/std itself.
         tokenizer: ``tokenizer(list[str]) -> (n, L)`` int64 (required).
         split: ``train``, ``val`` or ``heldout`` (shapes: which attribute combinations and stream).
@@ -624,10 +612,6 @@ def build_dataset(dataset_type, data=None, *, transform=None, tokenizer=None, sp
         seed: shapes/synthetic stream.
         image_size: shapes/synthetic image side.
     """
-    if not isinstance(dataset_type, str):
-        return _from_args(dataset_type, data, transform=transform if transform is not None else preprocess,
-                          tokenizer=tokenizer, image_size=image_size)
-    transform = transform if transform is not None else preprocess
     if tokenizer is None:
         raise ValueError("tokenizer: required (a callable list[str] -> (n, L) int64 tensor)")
     if dataset_type == "auto":
@@ -639,8 +623,6 @@ def build_dataset(dataset_type, data=None, *, transform=None, tokenizer=None, sp
         if dataset_type == "synthetic":
             ctx = int(tokenizer(["a"]).shape[-1])
             return SyntheticDataset(n, image_size, ctx, seed=_mix(seed, {"train": 0, "val": 1}.get(split, 2)))
-        from clipfast.train.shapes import ShapesDataset
-
         return ShapesPairs(ShapesDataset(split, n, image_size, seed), tokenizer)
     if data is None:
         raise ValueError(f"data: a path is required for dataset_type {dataset_type!r}")

@@ -175,7 +175,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _is_sharded(model: torch.nn.Module) -> bool:
+def is_sharded(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "full_tensor") for p in model.parameters())
 
 
@@ -185,7 +185,7 @@ def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     Collective under FSDP2 (every rank must call it); plain ``state_dict()`` calls otherwise.
     """
     base = unwrap_model(model)
-    if not _is_sharded(base):
+    if not is_sharded(base):
         return base.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -199,7 +199,7 @@ def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
 def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd) -> None:
     """Inverse of :func:`full_state_dicts` (every rank loads the same full dicts)."""
     base = unwrap_model(model)
-    if not _is_sharded(base):
+    if not is_sharded(base):
         base.load_state_dict(model_sd)
         if optim_sd is not None:
             optimizer.load_state_dict(optim_sd)

@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from clipfast.train.data import collate_drop_none
+from clipfast.train.shapes_dataset import SHAPES_CLASSNAMES, SHAPES_TEMPLATES, ShapesDataset
 from clipfast.zero_shot_classifier import build_zero_shot_classifier
 
 __all__ = ["model_image_size", "zero_shot_classifier", "zero_shot_eval", "retrieval_eval", "linear_probe", "evaluate_shapes",
@@ -53,8 +55,6 @@ def _input_dtype(model) -> torch.dtype:
 def _as_loader(data, batch_size: int) -> Iterable:
     """``data`` itself if it yields batches, else a DataLoader over a dataset of pairs (bad items dropped)."""
     if isinstance(data, torch.utils.data.Dataset):
-        from clipfast.train.data import collate_drop_none
-
         return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_drop_none)
     return data
 
@@ -234,9 +234,8 @@ def _label_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = None, num_samples: Optional[int] = None,
-                    device=None, seed: Optional[int] = None, batch_size: Optional[int] = None, args=None,
-                    probe: bool = True) -> dict[str, float]:
+def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = None, num_samples: int = 1000,
+                    device=None, seed: int = 0, batch_size: int = 256, probe: bool = True) -> dict[str, float]:
     """Zero-shot, retrieval and linear-probe metrics on the built-in shapes data.
 
     * zero-shot of classes never trained on: ``unseen`` images (the 2 x 2 block of colour x shape
@@ -252,21 +251,16 @@ def evaluate_shapes(model, tokenizer: Callable, *, image_size: Optional[int] = N
         model: CLIP (OpenCLIP API); put in eval mode by the caller.
         tokenizer: ``tokenizer(list[str]) -> (n, L)`` int64.
         image_size: side of the images (default: ``model.visual.image_size`` or 32).
-        num_samples: images per split (default 1000, or ``args.val_num_samples``).
-        seed: data seed (default 0 or ``args.seed``); eval streams use ``seed + 10_000``.
-        batch_size: eval batch size (default 256, or ``args.batch_size``).
-        args: optional CLI namespace supplying the defaults above.
+        num_samples: images per split.
+        seed: data seed; eval streams use ``seed + 10_000``.
+        batch_size: eval batch size.
 
     Returns:
         flat dict of floats; ``chance_top1`` = 1/30 for reference.
     """
-    from clipfast.train.shapes import SHAPES_CLASSNAMES, SHAPES_TEMPLATES, ShapesDataset
-
     if image_size is None:
         image_size = model_image_size(model, default=32)
-    num_samples = num_samples or getattr(args, "val_num_samples", None) or 1000
-    seed = (seed if seed is not None else getattr(args, "seed", 0)) + 10_000
-    batch_size = batch_size or getattr(args, "batch_size", None) or 256
+    seed += 10_000
     device = _device(model, device)
 
     classifier = zero_shot_classifier(model, tokenizer, SHAPES_CLASSNAMES, SHAPES_TEMPLATES, device)

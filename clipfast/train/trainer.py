@@ -12,7 +12,7 @@ One optimizer step on ``K = accum_freq`` micro-batches (each ``(images, texts)``
     then: (GradScaler unscale) -> clip_grad_norm_ -> optimizer.step -> logit_scale.clamp_(0, ln 100).
 
 The lr is set per step by a warmup+cosine schedule (``clipfast.train.schedule``). State saved in
-checkpoints (``clipfast.train.checkpointing``): model, optimizer, scaler, step, epoch, micro-batches
+checkpoints (``clipfast.train.checkpoint_files``): model, optimizer, scaler, step, epoch, micro-batches
 consumed in the epoch, RNG states; the schedule is a function of the step. Resuming replays the
 data loader from the same position, so the losses after resuming equal the uninterrupted run's.
 """
@@ -29,8 +29,10 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from clipfast.precision import get_input_dtype
-from clipfast.train import checkpointing as ckpt
-from clipfast.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, unwrap_model
+from clipfast.train import checkpoint_files as ckpt
+from clipfast.train.compat import to_clipfast_state
+from clipfast.train.distributed import (DistInfo, all_reduce_mean, any_rank, barrier, full_state_dicts,
+                                      load_full_state_dicts, unwrap_model)
 from clipfast.train.errors import BadDataError, CheckpointError
 from clipfast.train.optimizer import build_optimizer
 from clipfast.train.schedule import WarmupCosine
@@ -92,7 +94,7 @@ class Trainer:
     """Trains ``model`` with ``loss_fn`` on ``data``; rank 0 logs, writes metrics and checkpoints.
 
     Args:
-        args: namespace with the CLI's fields (see ``clipfast.train.cli``).
+        cfg: the run's settings (``clipfast.train.config.TrainConfig``).
         model: the (already data-parallel wrapped, if any) module; its unwrapped form has
             ``logit_scale`` and returns a dict (``output_dict=True``).
         loss_fn: ``loss_fn(image_features, text_features, logit_scale, [logit_bias], output_dict=True)``.
@@ -102,26 +104,26 @@ class Trainer:
         run_dir: ``{logs}/{name}``; None writes nothing (tests).
     """
 
-    def __init__(self, args, model, loss_fn, data: TrainData, *, info: Optional[DistInfo] = None,
+    def __init__(self, cfg, model, loss_fn, data: TrainData, *, info: Optional[DistInfo] = None,
                  evaluate: Optional[Callable] = None, run_dir=None):
-        self.args, self.model, self.loss_fn, self.data = args, model, loss_fn, data
+        self.cfg, self.model, self.loss_fn, self.data = cfg, model, loss_fn, data
         self.info = info or DistInfo()
         self.device = self.info.device
         self.evaluate_fn = evaluate
         self.run_dir = Path(run_dir) if run_dir is not None and self.info.is_master else None
         self.ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
-        self.accum = args.accum_freq
+        self.accum = cfg.accum_freq
         if self.accum < 1:
             raise ValueError(f"accum_freq must be >= 1, got {self.accum}")
         self.steps_per_epoch = data.num_batches // self.accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"an epoch has {data.num_batches} micro-batches, fewer than accum_freq={self.accum}: "
                              "lower --batch-size or --accum-freq, or use more data")
-        self.total_steps = self.steps_per_epoch * args.epochs
+        self.total_steps = self.steps_per_epoch * cfg.epochs
         base = unwrap_model(model)
-        self.optimizer = build_optimizer(args, base)  # --optimizer: torch's AdamW or clipfast.optim.AdamW
-        self.scheduler = WarmupCosine(self.optimizer, args.lr, args.warmup, self.total_steps, getattr(args, "lr_scheduler", "cosine"))
-        self.scaler = torch.amp.GradScaler(self.device.type) if args.precision == "amp" else None
+        self.optimizer = build_optimizer(cfg, base)  # --optimizer: torch's AdamW or clipfast.optim.AdamW
+        self.scheduler = WarmupCosine(self.optimizer, cfg.lr, cfg.warmup, self.total_steps, cfg.lr_scheduler)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "amp" else None
         self.step = self.epoch = self.batch_in_epoch = 0
         self.train_time = 0.0
         self.metrics: dict = {}
@@ -135,20 +137,20 @@ class Trainer:
         Shapes: each micro-batch is (images (B, 3, H, W), texts (B, L) int64).
         Returns: ``{"loss": total, <loss terms>..., "logit_scale": scalar}`` as 0-d tensors.
         """
-        args, model, dev = self.args, self.model, self.device
-        in_dtype = get_input_dtype(args.precision)
+        cfg, model, dev = self.cfg, self.model, self.device
+        in_dtype = get_input_dtype(cfg.precision)
         batches = [(im.to(dev, dtype=in_dtype, non_blocking=True), tx.to(dev, non_blocking=True)) for im, tx in micro_batches]
         k = len(batches)
         self.optimizer.zero_grad(set_to_none=True)
         cached = {}
         if k > 1:
-            with torch.no_grad(), autocast(args.precision, dev.type):
+            with torch.no_grad(), autocast(cfg.precision, dev.type):
                 for im, tx in batches:
                     for key, val in model(im, tx).items():
                         if key not in ("logit_scale", "logit_bias"):
                             cached.setdefault(key, []).append(val)
         for j, (im, tx) in enumerate(batches):
-            with _no_grad_sync(model, skip=j < k - 1), autocast(args.precision, dev.type):
+            with _no_grad_sync(model, skip=j < k - 1), autocast(cfg.precision, dev.type):
                 out = model(im, tx)
                 if k > 1:
                     inputs = {key: torch.cat(v[:j] + [out[key]] + v[j + 1:]) for key, v in cached.items()}
@@ -159,10 +161,10 @@ class Trainer:
                 losses = self.loss_fn(**out, output_dict=True)
                 total = sum(losses.values())
                 (self.scaler.scale(total) if self.scaler is not None else total).backward()
-        if self.scaler is not None and args.grad_clip_norm is not None:
+        if self.scaler is not None and cfg.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
-        if args.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, norm_type=2.0)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -180,11 +182,10 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        from clipfast.train.distributed import full_state_dicts
         model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
         return {
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
-            "name": getattr(self.args, "name", None), "args": ckpt.plain_args(self.args),
+            "name": self.cfg.name, "args": self.cfg.to_dict(),
             "state_dict": model_sd, "optimizer": optim_sd,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": ckpt.rng_state(), "metrics": dict(self.metrics),
@@ -192,7 +193,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        from clipfast.train.distributed import load_full_state_dicts
         load_full_state_dicts(self.model, self.optimizer, state["state_dict"], state.get("optimizer"))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -207,11 +207,10 @@ class Trainer:
 
         Raises:
             CheckpointError: the file is empty/unreadable, holds plain weights, or was written with another
-                batch size, world size or accum_freq (``checkpointing.check_resumable``).
+                batch size, world size or accum_freq (``checkpoint_files.check_resumable``).
         """
-        from clipfast.train.compat import to_clipfast_state
         if state is None:
-            state = ckpt.load_checkpoint(path, map_location="cpu")
+            state = ckpt.read_checkpoint(path, map_location="cpu")
         ckpt.check_resumable(state, path, batch_size=self.data.batch_size, world_size=self.info.world_size,
                              accum_freq=self.accum)
         try:
@@ -233,7 +232,7 @@ class Trainer:
             path = ckpt.atomic_save(state, self.ckpt_dir / "latest.pt")
             if epoch_file:
                 path = ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch}.pt")
-                ckpt.keep_last_k(self.ckpt_dir, getattr(self.args, "keep_last", 0))
+                ckpt.keep_last_k(self.ckpt_dir, self.cfg.keep_last)
             log.info("saved checkpoint %s (step %d)", path, self.step)
         barrier()
         return path
@@ -248,7 +247,7 @@ class Trainer:
         self._stop.signum = self._stop.signum or -1
 
     def fit(self) -> dict:
-        """Train from the current state to ``args.epochs``; returns the summary dict.
+        """Train from the current state to ``cfg.epochs``; returns the summary dict.
 
         ``summary["interrupted"]`` is the signal number (or -1 for :meth:`request_stop`) when the
         run stopped early after saving ``latest.pt``, else None.
@@ -261,7 +260,7 @@ class Trainer:
         start_step = self.step
         with self._stop:
             interrupted = None
-            while self.epoch < self.args.epochs:
+            while self.epoch < self.cfg.epochs:
                 expected, steps_before = self.steps_per_epoch - self.batch_in_epoch // self.accum, self.step
                 if self._train_epoch():
                     interrupted = self._stop.signum
@@ -270,11 +269,11 @@ class Trainer:
                 self._check_epoch_steps(self.step - steps_before, expected)
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                freq = getattr(self.args, "zeroshot_frequency", 0)
-                if self.evaluate_fn is not None and freq and (self.epoch % freq == 0 or self.epoch == self.args.epochs):
+                freq = self.cfg.zeroshot_frequency
+                if self.evaluate_fn is not None and freq and (self.epoch % freq == 0 or self.epoch == self.cfg.epochs):
                     self._evaluate()
-                save_freq = getattr(self.args, "save_frequency", 1)
-                if save_freq and (self.epoch % save_freq == 0 or self.epoch == self.args.epochs):
+                save_freq = self.cfg.save_frequency
+                if save_freq and (self.epoch % save_freq == 0 or self.epoch == self.cfg.epochs):
                     self.save(epoch_file=True)
         steps = self.step - start_step
         summary = {
@@ -301,7 +300,7 @@ class Trainer:
             base = unwrap_model(self.model)
             was_training = base.training
             base.eval()
-            with torch.inference_mode(), autocast(self.args.precision, self.device.type):
+            with torch.inference_mode(), autocast(self.cfg.precision, self.device.type):
                 metrics = {f"val/{k}": float(v) for k, v in self.evaluate_fn(base, self.epoch).items()}
             base.train(was_training)
             self.metrics.update(metrics)
@@ -320,11 +319,11 @@ class Trainer:
         """Steps until the epoch ends (False) or a stop is requested and agreed by all ranks (True)."""
         from tqdm.auto import tqdm
 
-        args, k = self.args, self.accum
-        every = max(getattr(args, "log_every_n_steps", 10), 1)
+        cfg, k = self.cfg, self.accum
+        every = cfg.log_every_n_steps
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"epoch {self.epoch}", unit="step",
-                   disable=not self.info.is_master or getattr(args, "no_progress", False) or None, dynamic_ncols=True)
+                   disable=not self.info.is_master or cfg.no_progress or None, dynamic_ncols=True)
         loader = self.data.make_loader(self.epoch, self.batch_in_epoch)
         micro, tick = [], time.time()
         start = tick
@@ -348,7 +347,7 @@ class Trainer:
                     self._log_step(stats, sps, bar)
                 for fn in self._callbacks:
                     fn(self, stats)
-                n = getattr(args, "save_every_n_steps", 0)
+                n = cfg.save_every_n_steps
                 if n and self.step % n == 0:
                     self.save()
                 # Ranks agree on stopping at the same step; under a process group only every `every`

@@ -1,7 +1,7 @@
-"""Small stand-ins shared by the trainer tests: a tiny CLIP, a deterministic in-memory loader, args."""
-import argparse
-
+"""Small stand-ins shared by the trainer tests: a tiny CLIP, a deterministic in-memory loader, a config."""
 import torch
+
+from clipfast.train.config import TrainConfig
 
 IMAGE_SIZE, CONTEXT, VOCAB = 16, 8, 100
 
@@ -53,12 +53,12 @@ class RandomPairs:
                          self.n // (batch_size * world_size), batch_size)
 
 
-def train_args(**overrides):
+def train_args(**overrides) -> TrainConfig:
     args = dict(accum_freq=1, epochs=2, lr=1e-3, wd=0.1, beta1=0.9, beta2=0.98, eps=1e-6, warmup=2,
                 precision="fp32", grad_clip_norm=None, log_every_n_steps=1, name="test", zeroshot_frequency=0,
                 save_frequency=1, save_every_n_steps=0, keep_last=0, no_progress=True, lr_scheduler="cosine")
     args.update(overrides)
-    return argparse.Namespace(**args)
+    return TrainConfig(**args)
 
 
 def fit_recording_losses(trainer, resume=None, stop_at=None) -> tuple:

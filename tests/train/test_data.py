@@ -1,5 +1,4 @@
 """Data formats (csv, folder, webdataset, shapes, synthetic) with corrupt files, and the loader's order."""
-import argparse
 import io
 import tarfile
 
@@ -191,16 +190,12 @@ def test_augmentation_seeded_per_sample(tmp_path):
     assert torch.equal(torch.cat(a[2:]), torch.cat(b))
 
 
-def test_synthetic_and_args_namespace():
-    args = argparse.Namespace(dataset_type="synthetic", train_data=None, val_data=None, train_num_samples=10,
-                              val_num_samples=None, csv_img_key="filepath", csv_caption_key="title",
-                              csv_separator="\t", seed=0)
-    ds = D.build_dataset(args, "train", preprocess=None, tokenizer=tokenizer, image_size=16)
+def test_synthetic_and_shapes_lengths():
+    ds = D.build_dataset("synthetic", None, tokenizer=tokenizer, split="train", num_samples=10, image_size=16)
     assert len(ds) == 10
     im, tx = ds[3]
     assert im.shape == (3, 16, 16) and tx.shape == (CTX,) and torch.equal(ds[3][0], im)
-    args.dataset_type = "shapes"
-    assert len(D.build_dataset(args, "val", preprocess=None, tokenizer=tokenizer, image_size=16)) == 2500
+    assert len(D.build_dataset("shapes", None, tokenizer=tokenizer, split="val", image_size=16)) == 2500
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from clipfast.train import checkpointing as ckpt
+from clipfast.train import checkpoint_files as ckpt
 from clipfast.train.cli import main
 from clipfast.train.errors import CheckpointError, RunLockedError, RunRefused
 from clipfast.train.trainer import Trainer, _truncate_jsonl
@@ -34,11 +34,11 @@ def test_empty_and_truncated_checkpoints_name_the_file(tmp_path, saved):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.pt.*empty"):
-        ckpt.load_checkpoint(empty)
+        ckpt.read_checkpoint(empty)
     torn = tmp_path / "torn.pt"
     torn.write_bytes(saved.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="torn.pt"):
-        ckpt.load_checkpoint(torn)
+        ckpt.read_checkpoint(torn)
 
 
 def test_pretrained_state_dict_loader_names_an_empty_file(tmp_path):
@@ -58,7 +58,7 @@ def test_resume_of_a_plain_weights_file_says_so(tmp_path):
 
 
 def test_checkpoint_records_batch_world_and_accum_and_resume_refuses_others(saved, tmp_path):
-    state = ckpt.load_checkpoint(saved)
+    state = ckpt.read_checkpoint(saved)
     assert (state["batch_size"], state["world_size"], state["accum_freq"]) == (8, 1, 1)
     with pytest.raises(CheckpointError, match="batch_size=8.*4"):
         _trainer(batch_size=4).resume(saved)
@@ -81,7 +81,7 @@ def test_resume_latest_falls_back_to_the_newest_loadable_checkpoint(tmp_path, sa
     assert ckpt.find_resume(None, d) == (None, None)
     assert ckpt.find_resume("latest", d) == (None, None)  # nothing yet: a fresh start
     for k in (1, 2, 10):
-        state = ckpt.load_checkpoint(saved)
+        state = ckpt.read_checkpoint(saved)
         state["epoch"] = k
         torch.save(state, d / f"epoch_{k}.pt")
     path, state = ckpt.find_resume("latest", d)  # latest.pt missing
@@ -255,7 +255,7 @@ def _torchrun(cwd, *extra, nproc=2):
 def test_two_process_run_records_world_size_and_refusals_reach_every_rank(tmp_path, capsys):
     first = _torchrun(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    state = ckpt.load_checkpoint(tmp_path / "logs" / "run" / "checkpoints" / "latest.pt")
+    state = ckpt.read_checkpoint(tmp_path / "logs" / "run" / "checkpoints" / "latest.pt")
     assert (state["world_size"], state["batch_size"]) == (2, 16)
     again = _torchrun(tmp_path)  # same folder without --resume: refused on rank 0, and rank 1 does not hang
     assert again.returncode != 0 and again.stderr.count("already holds a run") >= 2, again.stderr[-3000:]

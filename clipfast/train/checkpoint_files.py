@@ -52,7 +52,7 @@ def atomic_save(obj, path) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def read_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling).
 
     Raises:
@@ -141,14 +141,14 @@ def find_resume(resume, ckpt_dir) -> tuple:
         path = Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {resume!r} does not exist")
-        return path, load_checkpoint(path)
+        return path, read_checkpoint(path)
     ckpt_dir = Path(ckpt_dir)
     latest = ckpt_dir / "latest.pt"
     candidates = ([latest] if latest.is_file() else []) + checkpoint_files(ckpt_dir)[::-1]
     reasons = []
     for path in candidates:
         try:
-            state = load_checkpoint(path)
+            state = read_checkpoint(path)
             if not is_trainer_state(state):
                 raise CheckpointError(f"checkpoint {str(path)!r} holds no trainer state (plain weights)")
         except CheckpointError as e:
@@ -229,19 +229,6 @@ def set_rng_state(state: dict) -> None:
         "has_gauss": n["has_gauss"],
         "gauss": n["gauss"],
     })
-
-
-def plain_args(args) -> dict:
-    """``vars(args)`` reduced to weights_only-safe values (Paths and other objects become str)."""
-    out = {}
-    for k, v in vars(args).items():
-        if v is None or isinstance(v, (bool, int, float, str)):
-            out[k] = v
-        elif isinstance(v, (list, tuple)):
-            out[k] = [x if isinstance(x, (bool, int, float, str)) or x is None else str(x) for x in v]
-        else:
-            out[k] = str(v)
-    return out
 
 
 class StopSignal:

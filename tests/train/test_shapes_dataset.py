@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipfast.train import shapes
-from clipfast.train.shapes import (COLOURS, POSITIONS, SHAPES, SHAPES_CLASSNAMES, SHAPES_TEMPLATES, SIZES,
-                                   UNSEEN_COLOURS, UNSEEN_LABELS, UNSEEN_SHAPES, ShapesDataset, heldout_variants)
+from clipfast.train import shapes_dataset
+from clipfast.train.shapes_dataset import (COLOURS, POSITIONS, SHAPES, SHAPES_CLASSNAMES, SHAPES_TEMPLATES, SIZES,
+                                           UNSEEN_COLOURS, UNSEEN_LABELS, UNSEEN_SHAPES, ShapesDataset, heldout_variants)
 
 
 def test_classnames_and_templates():
@@ -92,7 +92,7 @@ def test_captions_name_colour_and_shape_and_label_matches():
         assert SHAPES_CLASSNAMES[label] == f"{attrs['colour']} {attrs['shape']}"
         assert f"{attrs['colour']} {attrs['shape']}" in caption
         with_size += attrs["size"] in caption
-        with_position += any(p in caption for p in shapes._POSITION_PHRASES[attrs["position"]])
+        with_position += any(p in caption for p in shapes_dataset._POSITION_PHRASES[attrs["position"]])
     assert 60 < with_size < 180 and 60 < with_position < 180  # sometimes, not always
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipfast.train import checkpointing as ckpt
+from clipfast.train import checkpoint_files as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_atomic_save_replaces_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "latest.pt"
     ckpt.atomic_save({"step": 1, "w": torch.ones(3)}, path)
     ckpt.atomic_save({"step": 2, "w": torch.zeros(3)}, path)
-    assert ckpt.load_checkpoint(path)["step"] == 2
+    assert ckpt.read_checkpoint(path)["step"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["latest.pt"]
 
 
@@ -29,7 +29,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     ckpt.atomic_save({"step": 1}, path)
     with pytest.raises(Exception):
         ckpt.atomic_save({"step": 2, "bad": lambda: None}, path)  # lambdas do not pickle
-    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert ckpt.read_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
 
@@ -47,9 +47,9 @@ def test_load_is_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": Path("x")}, path)  # an arbitrary class: refused by weights_only
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
-        ckpt.load_checkpoint(path)
+        ckpt.read_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        ckpt.load_checkpoint(tmp_path / "missing.pt")
+        ckpt.read_checkpoint(tmp_path / "missing.pt")
 
 
 def test_find_resume(tmp_path):
@@ -70,7 +70,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     first = (torch.rand(3), np.random.rand(3), random.random())
     ckpt.atomic_save({"rng": state}, tmp_path / "r.pt")
     torch.rand(5), np.random.rand(5), random.random()
-    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "r.pt")["rng"])
+    ckpt.set_rng_state(ckpt.read_checkpoint(tmp_path / "r.pt")["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
@@ -105,7 +105,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "SIGTERM" in err
-    state = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    state = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert state["step"] >= 1 and state["epoch"] * 4 + state["batch_in_epoch"] == state["step"]
     assert "visual.conv1.weight" in state["state_dict"] and state["optimizer"]["state"]
     assert state["args"]["batch_size"] == 16
