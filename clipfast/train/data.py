@@ -31,7 +31,6 @@ import copy
 import csv
 import io
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Callable, Optional
@@ -631,12 +630,3 @@ def build_dataset(dataset_type, data=None, *, transform=None, tokenizer=None, sp
     if dataset_type == "folder":
         return FolderDataset(data, transform, tokenizer)
     return WebDatasetPairs(data, transform, tokenizer, num_samples)
-
-
-def worker_count(requested: int) -> int:
-    """``requested`` capped at the CPUs this process may use (0 stays 0)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(0, min(int(requested), cpus))

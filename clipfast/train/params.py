@@ -5,6 +5,8 @@ OpenCLIP (open_clip_train/main.py) puts a parameter in the no-decay group when
 biases, ``class_embedding``, ``logit_scale``/``logit_bias``. 2-D embeddings
 (``positional_embedding``, ``token_embedding.weight``) are decayed by that rule; pass
 ``exclude_embeddings=True`` to also exempt every parameter whose name contains ``embedding``.
+This is the one rule clipfast's trainer applies. (``CLIP.no_weight_decay()`` is OpenCLIP's model API for
+timm-style optimizer factories; open_clip_train does not use it, and neither does clipfast's trainer.)
 """
 import torch
 

@@ -54,6 +54,3 @@ class WarmupCosine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
-
-    def state_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "warmup": self.warmup, "total_steps": self.total_steps, "kind": self.kind}
