@@ -23,6 +23,9 @@ import zipfile
 import torch
 import torch.nn.functional as F
 
+from clipfast.model import CLIP
+from clipfast.precision import convert_weights_to_lp
+
 __all__ = ["load_state_dict", "load_checkpoint", "resize_pos_embed", "resize_text_pos_embed", "infer_config",
            "build_model", "to_hf_state_dict", "from_hf_state_dict", "to_hf_config"]
 
@@ -233,8 +236,6 @@ def build_model(state_dict, quick_gelu=True, cast_dtype=None, config=None):
     Returns:
         The model in eval mode.
     """
-    from clipfast.model import CLIP
-    from clipfast.precision import convert_weights_to_lp
 
     sd = {k: v for k, v in state_dict.items() if k not in OPENAI_INT_KEYS and isinstance(v, torch.Tensor)}
     inferred = infer_config(sd)

@@ -14,10 +14,14 @@ from pathlib import Path
 
 import torch
 
+from clipfast.checkpoint import load_checkpoint, load_state_dict
 from clipfast.configs import get_model_config, list_models
+from clipfast.loss import ClipLoss, SigLipLoss
 from clipfast.model import CLIP
 from clipfast.precision import get_cast_dtype, set_model_precision
-
+from clipfast.tokenizer import SimpleTokenizer
+from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform
+from clipfast.unsupported_configs import unsupported_reason
 logger = logging.getLogger(__name__)
 
 __all__ = ["create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
@@ -28,7 +32,6 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "
 
 
 def _default_preprocess_cfg():
-    from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     return {"size": 224, "mode": "RGB", "mean": tuple(OPENAI_DATASET_MEAN), "std": tuple(OPENAI_DATASET_STD),
             "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
@@ -60,7 +63,6 @@ def _resolve(model_name, pretrained):
         return local["model_cfg"], (str(weights) if weights else None), local.get("preprocess_cfg", {})
     cfg = get_model_config(model_name.replace("/", "-"))
     if cfg is None:
-        from clipfast.unsupported_configs import unsupported_reason
 
         reason = unsupported_reason(model_name.replace("/", "-"))
         if reason is not None:
@@ -127,7 +129,6 @@ def create_model(model_name, pretrained=None, load_weights=True, precision="fp32
 
     loaded = False
     if checkpoint_path and load_weights:
-        from clipfast.checkpoint import load_checkpoint
 
         logger.info("loading pretrained weights from %s", checkpoint_path)
         load_checkpoint(model, checkpoint_path, strict=True, weights_only=weights_only, device="cpu")
@@ -136,8 +137,6 @@ def create_model(model_name, pretrained=None, load_weights=True, precision="fp32
         if path:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no such checkpoint file: {path}")
-            from clipfast.checkpoint import load_state_dict
-
             state_dict = load_state_dict(path, device="cpu", weights_only=weights_only)
             result = target.load_state_dict(state_dict, strict=False)
             logger.info("loaded tower weights from %s: %s", path, result)
@@ -158,7 +157,6 @@ def create_model(model_name, pretrained=None, load_weights=True, precision="fp32
 
 
 def _transform(model, is_train, aug_cfg=None):
-    from clipfast.transforms import image_transform
 
     pp = model.visual.preprocess_cfg
     kwargs = {"aug_cfg": aug_cfg} if is_train else {}
@@ -218,7 +216,6 @@ def get_tokenizer(model_name="", context_length=None, cache_dir=None, **kwargs):
 
     Models whose config names an HF tokenizer raise ``NotImplementedError`` (HF tokenizers need downloads).
     """
-    from clipfast.tokenizer import SimpleTokenizer
 
     cfg = {}
     if model_name.startswith("local-dir:"):
@@ -243,7 +240,6 @@ def create_loss(args):
     ``ClipLoss(local_loss, gather_with_grad, cache_labels=True, rank, world_size, use_horovod)``. Distillation
     (``args.distill``) and CoCa models raise ``NotImplementedError``; ``use_horovod=True`` raises ``ValueError``.
     """
-    from clipfast.loss import ClipLoss, SigLipLoss
 
     if getattr(args, "distill", False):
         raise NotImplementedError("create_loss: distillation (DistillClipLoss, --distill-model) is not implemented "

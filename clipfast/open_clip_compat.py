@@ -17,6 +17,10 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
+from clipfast.checkpoint import build_model, load_state_dict
+from clipfast.precision import get_cast_dtype, set_model_precision
+from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
 __all__ = ["CoCa", "CoCaLoss", "DistillClipLoss", "load_openai_model", "list_openai_models", "push_to_hf_hub",
            "push_pretrained_to_hf_hub", "install_as_open_clip", "SUBMODULES"]
 
@@ -35,7 +39,7 @@ def install_as_open_clip():
     Call it before anything imports ``open_clip`` (an already imported real ``open_clip`` is replaced in
     ``sys.modules``, but references other modules already hold stay). Returns the installed module names.
     """
-    import clipfast
+    import clipfast  # here, not at the top: clipfast/__init__.py imports this module
 
     sys.modules["open_clip"] = clipfast
     names = ["open_clip"]
@@ -84,10 +88,6 @@ def load_openai_model(name, precision=None, device=None, cache_dir=None):
     available. The archive is read with ``weights_only=False`` (it is TorchScript): load only files you trust.
     A model name (a download) raises ``NotImplementedError``.
     """
-    from clipfast.checkpoint import build_model, load_state_dict
-    from clipfast.precision import get_cast_dtype, set_model_precision
-    from clipfast.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
     if not os.path.isfile(name):
         raise NotImplementedError(f"load_openai_model({name!r}): not a local file, and clipfast does not download "
                                   "weights; pass the path of the OpenAI release file")

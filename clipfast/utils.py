@@ -17,6 +17,8 @@ from itertools import repeat
 
 from torch import nn
 
+from clipfast.nn.quick_gelu import LinearQuickGELU, QuickGELU
+
 __all__ = ["freeze_batch_norm_2d", "to_1tuple", "to_2tuple", "to_3tuple", "to_4tuple", "to_ntuple",
            "replace_linear", "convert_int8_model_to_inference_mode", "feature_take_indices"]
 
@@ -71,7 +73,6 @@ def replace_linear(model, linear_replacement, include_modules=["c_fc", "c_proj"]
 
     Returns ``model`` (modified in place), as OpenCLIP's.
     """
-    from clipfast.nn.quick_gelu import LinearQuickGELU, QuickGELU
 
     for name, module in list(model.named_children()):
         if len(list(module.children())) > 0:

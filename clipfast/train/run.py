@@ -26,6 +26,7 @@ from clipfast.train.checkpoint_files import check_resumable, find_resume, read_c
 from clipfast.train.distributed import any_rank
 from clipfast.train.errors import CheckpointError, RunError, RunRefused
 from clipfast.train.evaluate import model_image_size
+from clipfast.train.plots import plot_metrics
 from clipfast.train.runlock import RunLock
 from clipfast.train.trainer import TrainData, Trainer, _truncate_jsonl
 
@@ -242,11 +243,10 @@ def _log_summary(summary: dict) -> None:
 
 def _plot(run_dir: Path) -> None:
     try:
-        from clipfast.train.plots import plot_metrics
+        paths = plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
     except ImportError as e:  # matplotlib missing: the run itself is fine
         log.warning("no plots: %s", e)
         return
-    paths = plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
     log.info("plots: %s", ", ".join(str(p) for p in paths or []))
 
 
