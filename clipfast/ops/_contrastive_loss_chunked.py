@@ -11,7 +11,7 @@ import torch
 
 from clipfast.ops._checks import acc_dtype
 
-__all__ = ["lse_fwd_chunked", "lse_bwd_chunked", "positive_dots", "rowdot_sum"]
+__all__ = ["lse_fwd_chunked", "lse_bwd_chunked", "tiled_grads", "positive_dots", "rowdot_sum"]
 
 
 def lse_fwd_chunked(a, b, s, want_row, want_col, tiles, positive_offset=None):
@@ -117,17 +117,44 @@ def lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles):
     subtracted inside the tiles, so dscale's cancellation happens per element, as in PyTorch's
     softmax − one-hot. Each tile of S is recomputed once.
     """
-    (m, d), n = a.shape, b.shape[0]
-    tm, tn = min(tiles[0], m), min(tiles[1], n)
-    acc, dev = acc_dtype(a), a.device
+    acc = acc_dtype(a)
     use_row, use_col = lse_row is not None, lse_col is not None
     f = _coef_factor(coef_row if use_row else None, coef_col if use_col else None)
     sh_row = _shift(lse_row, coef_row, f, acc) if use_row else None
     sh_col = _shift(lse_col, coef_col, f, acc) if use_col else None
-    pb = torch.zeros(m, d, dtype=acc, device=dev)  # (G/f)·b, scaled by f·s at the end
+    scratch = []
+
+    def g_tile(t, r0, c0):  # S tile -> (G/f) tile, in place
+        rows, cols = slice(r0, r0 + t.shape[0]), slice(c0, c0 + t.shape[1])
+        if use_row and use_col:
+            if not scratch:
+                scratch.append(torch.empty(t.numel(), dtype=acc, device=a.device))
+            e = scratch[0][: t.numel()].view(t.shape)
+            _exp_term(t, e, sh_row, rows, 1)
+            _exp_term(t, t, sh_col, cols, 0)
+            t.add_(e)  # P tile
+        elif use_col:
+            _exp_term(t, t, sh_col, cols, 0)
+        else:
+            _exp_term(t, t, sh_row, rows, 1)
+        if diag is not None:
+            _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
+
+    pb, db, dscale = tiled_grads(a, b, s, tiles, g_tile, db_alpha=f)
+    return pb.mul_(s * f), db, dscale * f
+
+
+def tiled_grads(a, b, s, tiles, g_tile, db_alpha):
+    """The backward matmuls of a block, tile by tile: each S = s·a·bᵀ tile is recomputed once, turned into
+    a gradient tile G by ``g_tile(t, r0, c0)`` (in place; t is rows r0… × columns c0…), and applied to both
+    sides. Returns (G·b (M, d), α·s·Gᵀ·a (N, d), Σ_i (G·b)_i·a_i in fp64) with α = ``db_alpha``; the
+    caller scales the first and last by its own factors."""
+    (m, d), n = a.shape, b.shape[0]
+    tm, tn = min(tiles[0], m), min(tiles[1], n)
+    acc, dev = acc_dtype(a), a.device
+    gb = torch.zeros(m, d, dtype=acc, device=dev)
     db = torch.zeros(n, d, dtype=acc, device=dev)
     buf = torch.empty(tm * tn, dtype=acc, device=dev)
-    buf2 = torch.empty(tm * tn, dtype=acc, device=dev) if use_row and use_col else None
     dscale = torch.zeros((), dtype=torch.float64, device=dev)
     for r0 in range(0, m, tm):
         a_r = a[r0:r0 + tm].to(acc)
@@ -135,25 +162,13 @@ def lse_bwd_chunked(a, b, s, lse_row, lse_col, coef_row, coef_col, diag, tiles):
         rows = slice(r0, r0 + ar.shape[0])
         for c0 in range(0, n, tn):
             bc = b[c0:c0 + tn].to(acc)
-            cols = slice(c0, c0 + bc.shape[0])
-            shape = (ar.shape[0], bc.shape[0])
-            t = buf[: shape[0] * shape[1]].view(shape)
+            t = buf[: ar.shape[0] * bc.shape[0]].view(ar.shape[0], bc.shape[0])
             torch.mm(ar, bc.T, out=t)  # S tile
-            if use_row and use_col:
-                e = buf2[: shape[0] * shape[1]].view(shape)
-                _exp_term(t, e, sh_row, rows, 1)
-                _exp_term(t, t, sh_col, cols, 0)
-                t.add_(e)  # P tile
-            elif use_col:
-                _exp_term(t, t, sh_col, cols, 0)
-            else:
-                _exp_term(t, t, sh_row, rows, 1)
-            if diag is not None:
-                _sub_diag(t, r0 + diag[0] - c0, r0, diag[1], f)
-            pb[rows].addmm_(t, bc)
-            db[cols].addmm_(t.T, ar, alpha=f)  # s·Gᵀ·a (ar carries s)
-        dscale += rowdot_sum(pb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
-    return pb.mul_(s * f), db, dscale * f
+            g_tile(t, r0, c0)
+            gb[rows].addmm_(t, bc)
+            db[c0:c0 + bc.shape[0]].addmm_(t.T, ar, alpha=db_alpha)  # s·Gᵀ·a (ar carries s)
+        dscale += rowdot_sum(gb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
+    return gb, db, dscale
 
 
 def rowdot_sum(a, b, chunk=256, dtype=None):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from clipfast import backend as _backend
 from clipfast.ops._checks import acc_dtype, check_chunk
-from clipfast.ops._contrastive_loss_chunked import rowdot_sum
+from clipfast.ops._contrastive_loss_chunked import tiled_grads
 
 __all__ = ["sigmoid_block_fwd", "sigmoid_block_bwd"]
 
@@ -37,33 +37,20 @@ def _sig_fwd_chunked(a, b, s, bias, offset, tiles):
 
 def _sig_bwd_chunked(a, b, s, bias, c, offset, tiles):
     """(da, db, dscale, dbias) of c·Σ_ij softplus(−z_ij·x_ij) over one block; compute dtype."""
-    (m, d), n = a.shape, b.shape[0]
-    tm, tn = min(tiles[0], m), min(tiles[1], n)
-    acc, dev = acc_dtype(a), a.device
-    gb = torch.zeros(m, d, dtype=acc, device=dev)  # (G/c)·b
-    db = torch.zeros(n, d, dtype=acc, device=dev)
-    dscale = torch.zeros((), dtype=torch.float64, device=dev)
-    dbias = torch.zeros((), dtype=torch.float64, device=dev)
-    buf = torch.empty(tm * tn, dtype=acc, device=dev)
-    for r0 in range(0, m, tm):
-        a_r = a[r0:r0 + tm].to(acc)
-        ar = a_r * s
-        rows = slice(r0, r0 + ar.shape[0])
-        for c0 in range(0, n, tn):
-            bc = b[c0:c0 + tn].to(acc)
-            t = buf[: ar.shape[0] * bc.shape[0]].view(ar.shape[0], bc.shape[0])
-            torch.mm(ar, bc.T, out=t).add_(bias)
-            if offset is not None:
-                diag = t.diagonal(r0 + offset - c0)
-                diag.neg_()
-                t.sigmoid_()
-                diag.neg_()  # positives: −σ(−x) = σ(x) − 1, exact
-            else:
-                t.sigmoid_()
-            dbias += t.sum().to(torch.float64)
-            gb[rows].addmm_(t, bc)
-            db[c0:c0 + bc.shape[0]].addmm_(t.T, ar, alpha=c)
-        dscale += rowdot_sum(gb[rows], a_r, dtype=torch.float64)  # fp64: blocks of a ring cancel
+    dbias = torch.zeros((), dtype=torch.float64, device=a.device)
+
+    def g_tile(t, r0, c0):  # S tile -> G/c = σ(x) − [positive], in place
+        t.add_(bias)  # x tile
+        if offset is not None:
+            diag = t.diagonal(r0 + offset - c0)
+            diag.neg_()
+            t.sigmoid_()
+            diag.neg_()  # positives: −σ(−x) = σ(x) − 1, exact
+        else:
+            t.sigmoid_()
+        dbias.add_(t.sum().to(torch.float64))
+
+    gb, db, dscale = tiled_grads(a, b, s, tiles, g_tile, db_alpha=c)
     return gb.mul_(s * c), db, dscale * c, dbias * c
 
 
