@@ -1,4 +1,4 @@
-"""Input checks shared by the loss ops: each error names the argument and what was expected.
+"""Input checks shared by the ops (the losses above all): each error names the argument and what was expected.
 
 ``check_features`` (the (N, d) feature pairs), ``check_scalar`` (logit_scale, logit_bias, ...: a finite
 single value, validated without a host synchronisation on a GPU), ``check_chunk`` (the tile edge of the
@@ -8,9 +8,10 @@ import math
 
 import torch
 
-__all__ = ["FEATURE_DTYPES", "DEFAULT_TILES", "acc_dtype", "check_features", "check_scalar", "check_chunk"]
+__all__ = ["KERNEL_DTYPES", "FEATURE_DTYPES", "DEFAULT_TILES", "acc_dtype", "check_features", "check_scalar", "check_chunk"]
 
-FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: chunked path only
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the fused kernels serve
+FEATURE_DTYPES = KERNEL_DTYPES + (torch.float64,)  # the losses: float64 on the chunked path only
 # Default tile of the chunked path: rows × columns of S per step (2 buffers of 16 MiB each). On 2 CPU
 # cores 1024…2048 tiles run the matmuls at the same speed; the larger one issues 4× fewer ops.
 DEFAULT_TILES = (2048, 2048)

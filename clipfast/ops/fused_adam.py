@@ -36,12 +36,12 @@ and one state dtype per call, fewer than 2**31 elements per tensor.
 import torch
 
 from clipfast import backend as _backend
+from clipfast.ops._checks import KERNEL_DTYPES
 
 __all__ = ["fused_adam", "fused_adam_ref", "sr_key", "ARGS_COLUMNS"]
 
 ARGS_COLUMNS = ("step_size", "bc2_sqrt", "key", "m_decode", "m_encode", "v_decode", "v_encode")
 _MASK32 = 0xFFFFFFFF
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _hash32(x):
@@ -176,7 +176,7 @@ def _check(params, grads, exp_avgs, exp_avg_sqs, masters, args):
     if not n:
         return
     pdt, sdt = params[0].dtype, exp_avgs[0].dtype
-    if pdt not in _DTYPES or sdt not in _DTYPES:
+    if pdt not in KERNEL_DTYPES or sdt not in KERNEL_DTYPES:
         raise TypeError(f"params/exp_avgs: expected float32, float16 or bfloat16, got {pdt} / {sdt}")
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         if p.dtype != pdt or g.dtype != pdt:

@@ -13,11 +13,11 @@ implementation and autograd), so ``torch.compile`` traces them. Double backward 
 import torch
 
 from clipfast import backend as _backend
+from clipfast.ops._checks import KERNEL_DTYPES
 
 __all__ = ["quick_gelu", "quick_gelu_ref"]
 
 _ALPHA = 1.702
-_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def quick_gelu_ref(x, bias=None):
@@ -126,6 +126,6 @@ def quick_gelu(x, bias=None):
     """
     _check_inputs(x, bias)
     backend = _backend.resolve("quick_gelu", x.device)
-    if backend == "reference" or (x.dtype not in _FUSED_DTYPES and not (backend == "cuda" and x.device.type == "cpu")):
+    if backend == "reference" or (x.dtype not in KERNEL_DTYPES and not (backend == "cuda" and x.device.type == "cpu")):
         return quick_gelu_ref(x, bias)
     return _quick_gelu_op(x, bias, backend)

@@ -15,13 +15,13 @@ The stochastic-rounding seed is ``--seed`` (the same on every rank, so data-para
 """
 import torch
 
-from clipfast.optim import AdamW
+from clipfast.optim import STATE_DTYPES, AdamW
 from clipfast.train.params import param_groups
 
 __all__ = ["OPTIMIZERS", "OPT_STATE_DTYPES", "resolve_optimizer_args", "build_optimizer"]
 
 OPTIMIZERS = ("adamw", "clipfast-adamw")
-OPT_STATE_DTYPES = ("float32", "bfloat16", "float16")
+OPT_STATE_DTYPES = tuple(STATE_DTYPES)  # float32, bfloat16, float16
 _BF16_PRECISIONS = ("bf16", "pure_bf16")
 
 
