@@ -1,4 +1,5 @@
-"""Tile building blocks of the attention kernels (``kernels/attention.py``), inlined into them.
+"""Tile building blocks of the attention kernels (``kernels/attention.py``, ``kernels/attention_pool.py``),
+inlined into them.
 
 Row tiles are loaded and stored with the row mask (the head dim is a full power-of-two block, or the
 64 + 16/32 split of ``HEAD_DIMS``); P and dP tiles are recomputed from the saved base-2 LSE.
@@ -61,3 +62,11 @@ def dprobs_tile(do0, do1, v0, v1, BLOCK_DT: tl.constexpr, INPUT_PRECISION: tl.co
     if BLOCK_DT > 0:
         dp = tl.dot(do1, tl.trans(v1), dp, input_precision=INPUT_PRECISION)
     return dp
+
+
+@triton.jit
+def load_key_heads(ptr, cols, col_ok, stride_l, hd, hd_ok):
+    """(BLOCK_N, HEADS, BLOCK_D) fp32 tile of keys ``cols``: ``ptr`` is the batch row's base, ``hd`` the
+    (HEADS, BLOCK_D) offsets of the heads' elements within one key."""
+    offs = cols[:, None, None] * stride_l + hd[None, :, :]
+    return tl.load(ptr + offs, mask=col_ok[:, None, None] & hd_ok[None, :, :], other=0.0).to(tl.float32)
