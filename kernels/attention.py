@@ -68,6 +68,9 @@ from ._attention_tiles import dprobs_tile, head_offset, load_rows, probs_tile, s
 GPU_DTYPES = ("fp16", "bf16")
 HEAD_DIMS = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}
 MAX_SEQLEN = 1024
+# What the kernels serve (``python -m clipfast.info`` prints it; ``unsupported`` names the failing condition).
+LIMITS = (f"head dim in {sorted(HEAD_DIMS)}, self-attention (L_q = L_k) with L <= {MAX_SEQLEN}, "
+          "float16/bfloat16 on CUDA (float32 too under the interpreter)")
 SINGLE_MAX_L = 64
 _LOG2E = 1.4426950408889634
 

@@ -36,6 +36,8 @@ from ._attention_tiles import load_key_heads
 from ._common import DTYPE_NAMES
 
 MAX_HEAD_DIM = 256
+# What the kernels serve (``python -m clipfast.info`` prints it; ``unsupported`` names the failing condition).
+LIMITS = f"head dim <= {MAX_HEAD_DIM}, any L >= 1, float32/float16/bfloat16"
 # BLOCK_D -> (HEADS, BLOCK_N, num_warps) of the forward and of the backward: HEADS·BLOCK_D = 256 lanes;
 # the backward holds four (BLOCK_N, HEADS, BLOCK_D) tiles (k, v, dk, dv) at once, so it walks 8 keys.
 _FWD_TILES = {16: (16, 16, 4), 32: (8, 16, 4), 64: (4, 16, 4), 128: (2, 16, 4), 256: (1, 16, 4)}

@@ -181,6 +181,20 @@ def test_unsupported_falls_back_with_reason():
     assert "L_q 9 != L_k 5" in fallback_reason()
 
 
+def test_info_shows_kernel_limits_and_the_fallback_reason():
+    from clipfast import info
+
+    q = torch.randn(1, 2, 9, 40)
+    attention(q, q, q)
+    text = "\n".join(info.report(torch.device("cpu")))
+    assert "last fallback to the reference here: head dim 40" in text
+    cuda = info.report(torch.device("cuda"))
+    for op in ("attention", "attention_pool"):
+        row = next(i for i, line in enumerate(cuda) if line.split()[:1] == [op])
+        assert cuda[row].split()[-1] == "triton", cuda[row]
+        assert any("kernels serve: head dim" in line for line in cuda[row + 1:row + 5])
+
+
 def test_varlen_bad_inputs():
     qkv = torch.randn(10, 3, 2, 32)
     with pytest.raises(ValueError, match="cu_seqlens"):
