@@ -12,7 +12,7 @@ last block), or two separate ``(B, L, H·D)`` projections (ResNet's AttentionPoo
 along D is required (the launchers copy otherwise). O is written ``(B, H, D)`` contiguous; the backward
 writes dq ``(B, H, D)`` and dk/dv through their own strides (e.g. into one packed ``dkv``).
 
-Algorithm. No matrix-multiply unit is involved (one query: the FLOPs are ~4·L·H·D, the bytes ~4·L·H·D·size,
+Algorithm. No matrix-multiply unit is involved (one query: ~4·L·H·D FLOPs over ~2·L·H·D elements of k and v,
 memory-bound by far). A program owns HEADS heads of one batch row (grid ``(B, ⌈H/HEADS⌉)``, HEADS·BLOCK_D
 = 128-256 lanes) and walks the keys in BLOCK_N chunks as ``(BLOCK_N, HEADS, BLOCK_D)`` tiles: per-head scores
 by a reduction over D, an online softmax in base 2 (``qk_scale = D^-½·log2 e`` folded into q, ``exp2``),

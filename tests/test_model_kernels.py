@@ -3,8 +3,8 @@ modules make no q/k/v copies around the kernels.
 
 Parity: tiny ViT, ResNet and text towers (every attention path the model has: full bidirectional and causal
 attention, the pooled class/EOT token of the last block, ResNet's AttentionPool2d) with the same weights, run
-with ``CLIPFAST_BACKEND=triton`` and ``=reference`` in fp32 and with the reference in fp64; features and every
-parameter gradient obey the flash-attention rule of ``tests/numerics.py``.
+with ``CLIPFAST_BACKEND=triton`` and ``=reference`` in fp32 (fp16 and bf16 on a GPU) and with the reference in
+fp64; features and every parameter gradient obey the flash-attention rule of ``tests/numerics.py``.
 
 Copies: a ``TorchDispatchMode`` records every copying aten op (clone, copy_, _to_copy, cat, stack) of a
 module's forward and backward; custom ops are seen as one call (their internals are not dispatched through
@@ -51,17 +51,22 @@ class _CopyLog(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("device,dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.gpu),
+])
 @pytest.mark.parametrize("name", ["tiny-vit-quickgelu", "tiny-rn-quickgelu"])
-def test_triton_backend_matches_reference(name, monkeypatch):
+def test_triton_backend_matches_reference(name, device, dtype, monkeypatch):
     cfg = get_model_config(name)
-    model = clipfast.CLIP(**cfg)
+    model = clipfast.CLIP(**cfg).to(device, dtype)
     model.eval()  # ResNet BN statistics stay fixed across the three runs
     size = cfg["vision_cfg"]["image_size"]
-    image = torch.randn(2, 3, size, size)
-    text = torch.randint(1, EOT - 2, (2, 77))
+    image = torch.randn(2, 3, size, size, device=device, dtype=dtype)
+    text = torch.randint(1, EOT - 2, (2, 77), device=device)
     text[0, 30], text[0, 31:] = EOT, 0  # ragged EOT positions: kv_len 31 and 77 in the pooled last block
     text[1, 76] = EOT
-    weights = (torch.randn(2, cfg["embed_dim"]), torch.randn(2, cfg["embed_dim"]))
+    weights = [torch.randn(2, cfg["embed_dim"], device=device, dtype=dtype) for _ in range(2)]
     monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
     with _CopyLog() as log:
         ours = _run(model, image, text, weights)

@@ -17,7 +17,8 @@ Backends (``clipfast.backend.select("attention", device)``): ``triton`` (``clipf
 run as the custom ops ``torch.ops.clipfast.attention*`` with fake implementations and autograd, so
 ``torch.compile`` traces them) or ``reference`` (``F.scaled_dot_product_attention``). A problem the kernels
 don't serve (head dim outside {32, 64, 80, 96, 128}, L_q != L_k, L > 1024, fp32 on CUDA, fp64) runs the
-reference; ``fallback_reason`` says why. Double backward is not supported on the kernel path.
+reference; ``fallback_reason`` says why (logged once per reason; ``python -m clipfast.info`` shows what the
+kernels serve). Double backward is not supported on the kernel path.
 """
 import torch
 import torch.nn.functional as F

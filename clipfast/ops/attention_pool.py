@@ -19,7 +19,8 @@ Backends (``clipfast.backend.select("attention_pool", device)``): ``triton``
 (``clipfast.kernels.attention_pool``, run as the custom ops ``torch.ops.clipfast.attention_pool*`` with
 fake implementations and autograd, so ``torch.compile`` traces them) or ``reference``
 (``attention_pool_ref``). A problem the kernels don't serve (head dim > 256, fp64) runs the reference;
-``fallback_reason`` says why. Double backward is not supported on the kernel path.
+``fallback_reason`` says why (logged once per reason; ``python -m clipfast.info`` shows what the kernels
+serve). Double backward is not supported on the kernel path.
 """
 import torch
 

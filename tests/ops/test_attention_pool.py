@@ -178,6 +178,15 @@ def test_unsupported_falls_back_with_reason():
     assert "torch.float64" in fallback_reason()
 
 
+def test_fallback_is_logged_once_per_reason(caplog):
+    q, kv = torch.randn(1, 1, 264), torch.randn(1, 3, 2, 1, 264)
+    with caplog.at_level("WARNING", logger="clipfast.ops"):
+        for _ in range(3):
+            attention_pool_kvpacked(q, kv)
+    hits = [r for r in caplog.records if "head dim 264" in r.getMessage()]
+    assert len(hits) == 1 and "running the reference" in hits[0].getMessage()
+
+
 def test_kvpacked_bad_inputs():
     q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 2, 3, 8)
     with pytest.raises(ValueError, match="kv: expected"):
