@@ -36,6 +36,7 @@ no autotune). Powers of two only; the tail of the sequence is masked. Useful sha
 scores (FA2 = the 128 × 128 tiles SDPA's flash backend uses at D = 64; D = 80 the same shares, padded to 96):
 
     L     fwd tiles   fwd share   bwd tiles (D <= 64 / D = 80)       bwd share   FA2 share
+    <=32  32 × 32     -           single 16 × 32 / 2-pass 32 × 32    -           -
     50    64 × 32     61.0 %      single 32 × 64 / 2-pass 32 × 32    61.0 %      15.3 %
     77    32 × 32     64.3 %      2-pass 32 × 32                     64.3 %      36.2 %
     197   32 × 32     77.3 %      2-pass 32 × 32                     77.3 %      59.2 %
@@ -47,12 +48,14 @@ the diagonal skipped.) Causal L = 77 (text): 48.9 % forward and backward (6 of t
 FA2's 18.3 % (one 128-tile). The design note's 64 + 16 tails on both axes would push 197/257 to ~90 %; they
 are not done (two launches per axis); the 32-tiles already beat FA2 at every CLIP length.
 
-Resources (``python -m clipfast.kernels._aot``, and each row also compiled with the JIT's 16-divisibility
-specialisation of pointers and strides): every config the table picks compiles for sm_80 and sm_90 with
-0 bytes of stack and 0 spills. Rejected for stack/spills at some D: the single-tile 64 × 64 backward (8 warps;
-up to 320 B of stack at D >= 64), single 32 × 32 at D >= 80, the 32 × 32 dK/dV kernel with 2 stages (D = 80,
-96 on sm_90), the dQ kernel at 4 warps (D = 64), the 64 × 64 forward (D = 96). The tightest rows still run at
-the 255-register cap at D = 96 (64 + 32 split) and at D = 80 on sm_80 without the specialisation.
+Resources (``python -m clipfast.kernels._aot``; each row also compiled with the JIT's 16-divisibility
+specialisation of pointers and strides, and with the value-1 specialisation of ``causal``/``is_varlen`` that
+``do_not_specialize`` now rules out): every config the table picks compiles for sm_80 and sm_90 with 0 bytes
+of stack and 0 spills. Rejected for stack/spills at some D or specialisation: the single-tile 64 × 64 backward
+(8 warps; up to 320 B of stack at D >= 64), single 32 × 32 at D >= 80 (and at D = 64 on sm_90 once causal is
+a constant), the 32 × 32 dK/dV kernel with 2 stages (D = 80, 96 on sm_90), the dQ kernel at 4 warps (D = 64),
+the 64 × 64 forward (D = 96). The tightest rows still run at the 255-register cap at D = 96 (64 + 32 split)
+and at D = 80 on sm_80 without the specialisation.
 
 Precision: fp16/bf16 operands go to the tensor cores with fp32 accumulation, P and dS are cast to the
 input dtype for their dots (as FA2 does); fp32 inputs use ``input_precision="ieee"``. Under the Triton
@@ -82,7 +85,7 @@ SINGLE_MAX_L = 64
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])  # runtime flags, as compiled by aot_specs
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr,
     qk_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -143,7 +146,7 @@ def _attn_fwd_kernel(
         tl.store(lse_rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, cu_ptr,
     qk_scale, sm_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -203,7 +206,7 @@ def _attn_bwd_dq_kernel(
             store_rows(dq_ptr + off_g, rows, row_ok, stride_gl, offs_t, dq1 * sm_scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])
 def _attn_bwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, cu_ptr,
     qk_scale, sm_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -300,7 +303,7 @@ def bwd_config(seqlen, head_dim, causal, arch=90):
     """(SINGLE, BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel; SINGLE: one program per (b, h)
     owns all keys (BLOCK_N >= L) and also computes dQ, looping over BLOCK_M query blocks."""
     if head_dim <= 64 and seqlen <= SINGLE_MAX_L:
-        return (True, 32, 32, 4, 1) if seqlen <= 32 else (True, 32, 64, 8, 1)
+        return (True, 16, 32, 2, 1) if seqlen <= 32 else (True, 32, 64, 8, 1)
     return False, 32, 32, 4, 1
 
 

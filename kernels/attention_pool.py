@@ -47,7 +47,7 @@ _BWD_TILES = {16: (16, 8, 4), 32: (8, 8, 4), 64: (4, 8, 4), 128: (2, 8, 4), 256:
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["has_kv_len"])  # a runtime flag, as compiled by aot_specs
 def _attention_pool_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kv_len_ptr,
     qk_scale, n_keys, n_heads, head_dim, has_kv_len,
@@ -89,7 +89,7 @@ def _attention_pool_fwd_kernel(
     tl.store(lse_ptr + pid_b * n_heads + heads, m_i + tl.log2(l_i), mask=head_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["has_kv_len"])
 def _attention_pool_bwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, kv_len_ptr, dq_ptr, dk_ptr, dv_ptr,
     qk_scale, sm_scale, n_keys, n_heads, head_dim, has_kv_len,

@@ -73,7 +73,8 @@ KERNEL_CASES = [
     (77, 64, True, torch.float32), (77, 80, False, torch.float32), (77, 128, True, torch.float16),
     (129, 96, True, torch.float16), (197, 64, False, torch.float16), (197, 32, True, torch.float32),
     (257, 80, False, torch.float32), (65, 128, False, torch.float32), (33, 96, False, torch.float32),
-    (40, 64, True, torch.float16), (64, 32, True, torch.float32),  # single-tile backward, BLOCK_M < BLOCK_N
+    (40, 64, True, torch.float16), (64, 32, True, torch.float32), (29, 64, True, torch.float32),  # single-tile
+    # backward with BLOCK_M < BLOCK_N (several query blocks)
 ]
 
 
