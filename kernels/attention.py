@@ -48,14 +48,8 @@ the diagonal skipped.) Causal L = 77 (text): 48.9 % forward and backward (6 of t
 FA2's 18.3 % (one 128-tile). The design note's 64 + 16 tails on both axes would push 197/257 to ~90 %; they
 are not done (two launches per axis); the 32-tiles already beat FA2 at every CLIP length.
 
-Resources (``python -m clipfast.kernels._aot``; each row also compiled with the JIT's 16-divisibility
-specialisation of pointers and strides, and with the value-1 specialisation of ``causal``/``is_varlen`` that
-``do_not_specialize`` now rules out): every config the table picks compiles for sm_80 and sm_90 with 0 bytes
-of stack and 0 spills. Rejected for stack/spills at some D or specialisation: the single-tile 64 × 64 backward
-(8 warps; up to 320 B of stack at D >= 64), single 32 × 32 at D >= 80 (and at D = 64 on sm_90 once causal is
-a constant), the 32 × 32 dK/dV kernel with 2 stages (D = 80, 96 on sm_90), the dQ kernel at 4 warps (D = 64),
-the 64 × 64 forward (D = 96). The tightest rows still run at the 255-register cap at D = 96 (64 + 32 split)
-and at D = 80 on sm_80 without the specialisation.
+Resources: every config the table picks compiles for sm_80 and sm_90 with 0 stack and 0 spills (how the
+table was chosen, and what was rejected: ``kernels/_attention_tiles.py``).
 
 Precision: fp16/bf16 operands go to the tensor cores with fp32 accumulation, P and dS are cast to the
 input dtype for their dots (as FA2 does); fp32 inputs use ``input_precision="ieee"``. Under the Triton
@@ -71,7 +65,9 @@ import triton.language as tl
 
 from ._aot import AotSpec
 from ._common import DTYPE_NAMES
-from ._attention_tiles import dprobs_tile, head_offset, load_rows, probs_tile, sequence_span, store_rows
+from ._attention_tiles import bwd_config, bwd_dq_config, dprobs_tile, fwd_config, head_offset, load_rows
+from ._attention_tiles import probs_tile, sequence_span, store_rows
+from ._attention_tiles import SINGLE_MAX_L, useful_share  # noqa: F401 (part of this module's API: tests, bench)
 
 # On CUDA the kernels serve fp16/bf16; fp32 "ieee" dots spill at every tile (AOT: 4-20 KB of stack), so
 # fp32 CUDA tensors go to the reference (see ``unsupported``). fp32 runs the kernels under the interpreter.
@@ -81,7 +77,6 @@ MAX_SEQLEN = 1024
 # What the kernels serve (``python -m clipfast.info`` prints it; ``unsupported`` names the failing condition).
 LIMITS = (f"head dim in {sorted(HEAD_DIMS)}, self-attention (L_q = L_k) with L <= {MAX_SEQLEN}, "
           "float16/bfloat16 on CUDA (float32 too under the interpreter)")
-SINGLE_MAX_L = 64
 _LOG2E = 1.4426950408889634
 
 
@@ -284,42 +279,6 @@ def _attn_bwd_kernel(
         if BLOCK_DT > 0:
             store_rows(dk_ptr + off_g, cols, col_ok, stride_gl, offs_t, dk1 * sm_scale)
             store_rows(dv_ptr + off_g, cols, col_ok, stride_gl, offs_t, dv1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tile table (deterministic, no autotune). Every row was chosen from AOT compiles for sm_80 and sm_90, each with
-# and without the JIT's 16-divisibility specialisation of pointers and strides: 0 stack, 0 spills at every head
-# dim (``aot_specs`` lists them; the rejected candidates are in the module docstring). Rows are the same for
-# both archs: these shapes are memory-bound and the 32/64-tiles fit both.
-
-def fwd_config(seqlen, head_dim, causal, arch=90):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
-    if seqlen <= 32 or 64 < seqlen <= 256:
-        return 32, 32, 4, 2
-    return 64, 32, 4, 2
-
-
-def bwd_config(seqlen, head_dim, causal, arch=90):
-    """(SINGLE, BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel; SINGLE: one program per (b, h)
-    owns all keys (BLOCK_N >= L) and also computes dQ, looping over BLOCK_M query blocks."""
-    if head_dim <= 64 and seqlen <= SINGLE_MAX_L:
-        return (True, 16, 32, 2, 1) if seqlen <= 32 else (True, 32, 64, 8, 1)
-    return False, 32, 32, 4, 1
-
-
-def bwd_dq_config(seqlen, head_dim, causal, arch=90):
-    """(num_warps, num_stages) of the two-pass backward's dQ kernel (same BLOCK_M x BLOCK_N as ``bwd_config``)."""
-    return 2, 2
-
-
-def useful_share(seqlen, block_m, block_n, causal=False):
-    """Real scores / computed scores of a (block_m, block_n) tiling of one (seqlen x seqlen) attention;
-    causal: key blocks entirely above a query block's diagonal are skipped (as the kernels do)."""
-    n_m, n_n = -(-seqlen // block_m), -(-seqlen // block_n)
-    if not causal:
-        return seqlen * seqlen / (n_m * block_m * n_n * block_n)
-    computed = sum(min(n_n, -(-min(seqlen, (i + 1) * block_m) // block_n)) for i in range(n_m))
-    return seqlen * (seqlen + 1) / 2 / (computed * block_m * block_n)
 
 
 def head_dim_split(head_dim):
