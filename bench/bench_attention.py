@@ -13,7 +13,8 @@ Providers (the attention core, from the packed ``in_proj`` output ``qkv (B, L, 3
   ``flash_attn_qkvpacked_func(qkv)``; both through ``importorskip``.
 - ``open_clip``: OpenCLIP's attention module (``nn.MultiheadAttention``, batch first, with the explicit
   float causal mask OpenCLIP passes): it includes the in/out projections, so it is paired with
-  ``clipfast_layer`` (``clipfast.nn.Attention``, the same projections around the packed kernels).
+  ``clipfast_layer`` (``clipfast.nn.Attention``, the same projections around ``attention_qkvpacked`` on the
+  backend it selects here: the kernels on a GPU, the reference on CPU).
 
 Modes ``fwd`` and ``fwd_bwd``. ``extra_info``: ``tflop_s`` (FLOPs of the attention core, FlashAttention's
 convention: fwd ``4·B·H·L²·D``, halved when causal; backward 2.5× the forward), ``gb_s`` (the minimum bytes a
@@ -120,7 +121,7 @@ def _modules(W, H, dtype):
 
 
 def _skip_reason(provider, dtype):
-    if provider in ("clipfast", "clipfast_layer"):
+    if provider == "clipfast":
         chosen = backend.select("attention", DEVICE)
         if chosen != "triton":
             return f"clipfast's attention runs {chosen} here: {backend.explain('attention', DEVICE)['triton']}"

@@ -13,7 +13,8 @@ output):
   one query; no ragged ``kv_len``: it runs the full L) through ``importorskip``.
 - ``open_clip``: OpenCLIP's ``AttentionPool2d`` (RN shapes only), which computes all ``HW + 1`` queries and
   keeps the first, paired with ``clipfast_module`` (``clipfast.nn.resnet.AttentionPool2d``, same weights,
-  one query through the kernels); both include the q/k/v/c projections.
+  one query, on the backend it selects here: the kernels on a GPU, the reference on CPU); both include the
+  q/k/v/c projections.
 
 Modes ``fwd`` and ``fwd_bwd``. ``extra_info``: ``tflop_s`` (``4·B·H·L·D`` forward, 2.5× that backward),
 ``gb_s`` (minimum bytes over the mean time: fwd reads q and kv and writes o; the backward also reads q, kv,
@@ -117,7 +118,7 @@ def _modules(side, C, H, dtype):
 
 
 def _skip_reason(provider, side):
-    if provider in ("clipfast", "clipfast_module"):
+    if provider == "clipfast":
         chosen = backend.select("attention_pool", DEVICE)
         if chosen != "triton":
             return f"clipfast's attention_pool runs {chosen} here: {backend.explain('attention_pool', DEVICE)['triton']}"
