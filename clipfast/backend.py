@@ -30,7 +30,7 @@ OP_BACKENDS = {
     "contrastive_loss": ("triton",),
     "sigmoid_loss": ("triton",),
     "attention": ("triton",),
-    "attention_pool": (),
+    "attention_pool": ("triton",),
     "layer_norm": (),
     "fused_adam": ("triton", "cuda"),
 }

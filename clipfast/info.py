@@ -1,8 +1,13 @@
 """``python -m clipfast.info``: versions, the extension build, and which backend each op uses here.
 
+For an op on ``triton`` whose kernel module states its limits (``clipfast.kernels.<op>.LIMITS``), the report
+says what the kernels serve (any other problem runs the op's reference) and, when ``report()`` is called in a
+process that already made such a fallback, its reason (``clipfast.ops._dispatch.fallback_reason``).
+
 Args (command line): ``--device cpu|cuda`` (default: cuda when available, else cpu).
 """
 import argparse
+import importlib
 import importlib.util
 import platform
 
@@ -47,6 +52,20 @@ def report(device):
         for name, why in backend.explain(op, device).items():
             if name != chosen:
                 lines.append(f"  {'':<{width}}     {name}: {why}")
+        if chosen == "triton":
+            lines += [f"  {'':<{width}}     {line}" for line in _kernel_limits(op)]
+    return lines
+
+
+def _kernel_limits(op):
+    """What the Triton kernels of ``op`` serve and the last fallback to the reference in this process."""
+    from clipfast.ops import _dispatch
+
+    limits = getattr(importlib.import_module(f"clipfast.kernels.{op}"), "LIMITS", None)
+    lines = [f"kernels serve: {limits}; anything else runs the reference"] if limits else []
+    reason = _dispatch.fallback_reason(op)
+    if reason:
+        lines.append(f"last fallback to the reference here: {reason}")
     return lines
 
 

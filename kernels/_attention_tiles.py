@@ -1,10 +1,58 @@
-"""Tile building blocks of the attention kernels (``kernels/attention.py``), inlined into them.
+"""Tiles of the attention kernels (``kernels/attention.py``, ``kernels/attention_pool.py``): the launch table
+of ``kernels/attention.py`` and the ``@triton.jit`` building blocks inlined into the kernels.
+
+Resources (``python -m clipfast.kernels._aot``; each row also compiled with the JIT's 16-divisibility
+specialisation of pointers and strides, and with the value-1 specialisation of ``causal``/``is_varlen`` that
+``do_not_specialize`` now rules out): every config the table picks compiles for sm_80 and sm_90 with 0 bytes
+of stack and 0 spills. Rejected for stack/spills at some D or specialisation: the single-tile 64 × 64 backward
+(8 warps; up to 320 B of stack at D >= 64), single 32 × 32 at D >= 80 (and at D = 64 on sm_90 once causal is
+a constant), the 32 × 32 dK/dV kernel with 2 stages (D = 80, 96 on sm_90), the dQ kernel at 4 warps (D = 64),
+the 64 × 64 forward (D = 96). The tightest rows still run at the 255-register cap at D = 96 (64 + 32 split)
+and at D = 80 on sm_80 without the specialisation.
 
 Row tiles are loaded and stored with the row mask (the head dim is a full power-of-two block, or the
 64 + 16/32 split of ``HEAD_DIMS``); P and dP tiles are recomputed from the saved base-2 LSE.
 """
 import triton
 import triton.language as tl
+
+# Sequences up to this length (and D <= 64) run the single-tile backward.
+SINGLE_MAX_L = 64
+
+# ---------------------------------------------------------------------------------------------------------
+# Tile table of kernels/attention.py (deterministic, no autotune), keyed by (L, D, causal, arch). Every row was
+# chosen from AOT compiles for sm_80 and sm_90 (``attention.aot_specs`` lists them; what was rejected: the
+# docstring above). Rows are the same for both archs: these shapes are memory-bound and the 32/64-tiles fit both.
+
+def fwd_config(seqlen, head_dim, causal, arch=90):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
+    if seqlen <= 32 or 64 < seqlen <= 256:
+        return 32, 32, 4, 2
+    return 64, 32, 4, 2
+
+
+def bwd_config(seqlen, head_dim, causal, arch=90):
+    """(SINGLE, BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel; SINGLE: one program per (b, h)
+    owns all keys (BLOCK_N >= L) and also computes dQ, looping over BLOCK_M query blocks."""
+    if head_dim <= 64 and seqlen <= SINGLE_MAX_L:
+        return (True, 16, 32, 2, 1) if seqlen <= 32 else (True, 32, 64, 8, 1)
+    return False, 32, 32, 4, 1
+
+
+def bwd_dq_config(seqlen, head_dim, causal, arch=90):
+    """(num_warps, num_stages) of the two-pass backward's dQ kernel (same BLOCK_M x BLOCK_N as ``bwd_config``)."""
+    return 2, 2
+
+
+def useful_share(seqlen, block_m, block_n, causal=False):
+    """Real scores / computed scores of a (block_m, block_n) tiling of one (seqlen x seqlen) attention;
+    causal: key blocks entirely above a query block's diagonal are skipped (as the kernels do)."""
+    n_m, n_n = -(-seqlen // block_m), -(-seqlen // block_n)
+    if not causal:
+        return seqlen * seqlen / (n_m * block_m * n_n * block_n)
+    computed = sum(min(n_n, -(-min(seqlen, (i + 1) * block_m) // block_n)) for i in range(n_m))
+    return seqlen * (seqlen + 1) / 2 / (computed * block_m * block_n)
+
 
 
 @triton.jit
@@ -61,3 +109,11 @@ def dprobs_tile(do0, do1, v0, v1, BLOCK_DT: tl.constexpr, INPUT_PRECISION: tl.co
     if BLOCK_DT > 0:
         dp = tl.dot(do1, tl.trans(v1), dp, input_precision=INPUT_PRECISION)
     return dp
+
+
+@triton.jit
+def load_key_heads(ptr, cols, col_ok, stride_l, hd, hd_ok):
+    """(BLOCK_N, HEADS, BLOCK_D) fp32 tile of keys ``cols``: ``ptr`` is the batch row's base, ``hd`` the
+    (HEADS, BLOCK_D) offsets of the heads' elements within one key."""
+    offs = cols[:, None, None] * stride_l + hd[None, :, :]
+    return tl.load(ptr + offs, mask=col_ok[:, None, None] & hd_ok[None, :, :], other=0.0).to(tl.float32)

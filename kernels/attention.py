@@ -19,33 +19,37 @@ Forward (``_attn_fwd_kernel``): grid (query blocks, B·H); a program holds BLOCK
 BLOCK_N key blocks (causal: only up to its diagonal) with an online softmax in base 2
 (``qk_scale = D^-½·log2 e`` folded into S, ``exp2``), and stores O and the row LSE₂ = m + log2 l.
 
-Backward: for ``L <= 128`` (``SINGLE``) one program per (b, h) owns the whole sequence as one tile and
-does everything — δ from O and dO, P recomputed from LSE₂, dV, dP, dS, dK and dQ — with no atomics and
-no preprocess launch (deterministic). For longer sequences two launches, both deterministic:
-``_attn_bwd_dq_kernel`` (one program per query block: computes δ, stores it, and loops over key blocks
-for dQ), then ``_attn_bwd_kernel`` (one program per key block: loops over query blocks accumulating dK,
-dV in registers, reading δ). That pass recomputes S and dP once more instead of adding dQ by atomics —
-more FLOPs, affordable since these shapes are memory-bound, and reproducible bit for bit.
+Backward: for ``L <= 64`` and ``D <= 64`` (``SINGLE``) one program per (b, h) owns all the keys (BLOCK_N >= L)
+and loops over BLOCK_M query blocks doing everything — δ from O and dO, P recomputed from LSE₂, dV, dP, dS,
+dK and dQ — with no atomics and no preprocess launch (deterministic). Otherwise two launches, both
+deterministic: ``_attn_bwd_dq_kernel`` (one program per query block: computes δ, stores it, and loops over
+key blocks for dQ), then ``_attn_bwd_kernel`` (one program per key block: loops over query blocks
+accumulating dK, dV in registers, reading δ). That pass recomputes S and dP once more instead of adding dQ
+by atomics — more FLOPs, affordable since these shapes are memory-bound, and reproducible bit for bit.
 
 Head dims. D = BLOCK_D + BLOCK_DT exactly, without padding: 32 = 32, 64 = 64, 80 = 64 + 16,
 96 = 64 + 32, 128 = 128. A tail chunk (BLOCK_DT > 0) has its own partial dots and accumulators; other
 head dims are not served here (``head_dim_split`` says so; the ops layer falls back to the reference).
 
-Tiles (``fwd_config``/``bwd_config``: a deterministic table keyed by (L, D, causal, arch); no autotune).
-Powers of two only; the tail of the sequence is masked. Useful share = real scores / computed scores
-(non-causal; FA2 = the 128 × 128 tiles SDPA's flash backend uses at D = 64):
+Tiles (``fwd_config``/``bwd_config``/``bwd_dq_config``: a deterministic table keyed by (L, D, causal, arch);
+no autotune). Powers of two only; the tail of the sequence is masked. Useful share = real scores / computed
+scores (FA2 = the 128 × 128 tiles SDPA's flash backend uses at D = 64; D = 80 the same shares, padded to 96):
 
-    L     fwd tiles   fwd share   bwd tiles            bwd share   FA2 share
-    50    64 × 64     61.0 %      single 64 × 64       61.0 %      15.3 %
-    77    32 × 32     64.3 %      single 128 × 128     36.2 %      36.2 %
-    197   32 × 32     77.4 %      32 × 32 (2 passes)   77.4 %      59.2 %
-    257   64 × 32     71.6 %      32 × 32 (2 passes)   79.6 %      44.8 %
-    577   64 × 32     85.6 %      32 × 32 (2 passes)   90.1 %      81.3 %
+    L     fwd tiles   fwd share   bwd tiles (D <= 64 / D = 80)       bwd share   FA2 share
+    <=32  32 × 32     -           single 16 × 32 / 2-pass 32 × 32    -           -
+    50    64 × 32     61.0 %      single 32 × 64 / 2-pass 32 × 32    61.0 %      15.3 %
+    77    32 × 32     64.3 %      2-pass 32 × 32                     64.3 %      36.2 %
+    197   32 × 32     77.3 %      2-pass 32 × 32                     77.3 %      59.2 %
+    257   64 × 32     71.7 %      2-pass 32 × 32                     79.6 %      44.8 %
+    577   64 × 32     85.6 %      2-pass 32 × 32                     90.1 %      81.3 %
 
-(share = L² / (⌈L/BM⌉·BM · ⌈L/BN⌉·BN); ``useful_share`` computes it, also for causal with the skipped
-blocks.) Causal L = 77 (text): forward 49 % (6 of the 9 32-tiles computed) vs FA2's 18 % (one 128-tile).
-The design note's 64 + 16 tails on both axes would push 197/257 to ~90 %; they are not done (two
-launches per axis); the 32-tiles already beat FA2 at every CLIP length.
+(share = L² / (⌈L/BM⌉·BM · ⌈L/BN⌉·BN); ``useful_share`` computes it, also for causal with the key blocks above
+the diagonal skipped.) Causal L = 77 (text): 48.9 % forward and backward (6 of the 9 32-tiles computed) vs
+FA2's 18.3 % (one 128-tile). The design note's 64 + 16 tails on both axes would push 197/257 to ~90 %; they
+are not done (two launches per axis); the 32-tiles already beat FA2 at every CLIP length.
+
+Resources: every config the table picks compiles for sm_80 and sm_90 with 0 stack and 0 spills (how the
+table was chosen, and what was rejected: ``kernels/_attention_tiles.py``).
 
 Precision: fp16/bf16 operands go to the tensor cores with fp32 accumulation, P and dS are cast to the
 input dtype for their dots (as FA2 does); fp32 inputs use ``input_precision="ieee"``. Under the Triton
@@ -61,18 +65,22 @@ import triton.language as tl
 
 from ._aot import AotSpec
 from ._common import DTYPE_NAMES
-from ._attention_tiles import dprobs_tile, head_offset, load_rows, probs_tile, sequence_span, store_rows
+from ._attention_tiles import bwd_config, bwd_dq_config, dprobs_tile, fwd_config, head_offset, load_rows
+from ._attention_tiles import probs_tile, sequence_span, store_rows
+from ._attention_tiles import SINGLE_MAX_L, useful_share  # noqa: F401 (part of this module's API: tests, bench)
 
 # On CUDA the kernels serve fp16/bf16; fp32 "ieee" dots spill at every tile (AOT: 4-20 KB of stack), so
 # fp32 CUDA tensors go to the reference (see ``unsupported``). fp32 runs the kernels under the interpreter.
 GPU_DTYPES = ("fp16", "bf16")
 HEAD_DIMS = {32: (32, 0), 64: (64, 0), 80: (64, 16), 96: (64, 32), 128: (128, 0)}
 MAX_SEQLEN = 1024
-SINGLE_MAX_L = 64
+# What the kernels serve (``python -m clipfast.info`` prints it; ``unsupported`` names the failing condition).
+LIMITS = (f"head dim in {sorted(HEAD_DIMS)}, self-attention (L_q = L_k) with L <= {MAX_SEQLEN}, "
+          "float16/bfloat16 on CUDA (float32 too under the interpreter)")
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])  # runtime flags, as compiled by aot_specs
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr,
     qk_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -133,7 +141,7 @@ def _attn_fwd_kernel(
         tl.store(lse_rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, cu_ptr,
     qk_scale, sm_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -193,7 +201,7 @@ def _attn_bwd_dq_kernel(
             store_rows(dq_ptr + off_g, rows, row_ok, stride_gl, offs_t, dq1 * sm_scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["is_varlen", "causal"])
 def _attn_bwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, cu_ptr,
     qk_scale, sm_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -271,39 +279,6 @@ def _attn_bwd_kernel(
         if BLOCK_DT > 0:
             store_rows(dk_ptr + off_g, cols, col_ok, stride_gl, offs_t, dk1 * sm_scale)
             store_rows(dv_ptr + off_g, cols, col_ok, stride_gl, offs_t, dv1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tile table (deterministic; rows are the same for sm_80 and sm_90 today: these shapes are memory-bound and
-# the 32/64-tiles fit both). Keyed by the (max) sequence length; D and causal do not change the tiles.
-
-def fwd_config(seqlen, head_dim, causal, arch=90):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
-    if seqlen <= 32:
-        return 32, 32, 4, 2
-    if seqlen <= 64:
-        return 64, 64, 4, 2
-    if seqlen <= 256:
-        return 32, 32, 4, 2
-    return 64, 32, 4, 2
-
-
-def bwd_config(seqlen, head_dim, causal, arch=90):
-    """(SINGLE, BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward; SINGLE: one tile per (b, h)."""
-    if seqlen <= SINGLE_MAX_L:
-        block = max(32, triton.next_power_of_2(seqlen))
-        return True, block, block, (4 if block <= 32 else 8), 1
-    return False, 32, 32, 4, 2
-
-
-def useful_share(seqlen, block_m, block_n, causal=False):
-    """Real scores / computed scores of a (block_m, block_n) tiling of one (seqlen x seqlen) attention;
-    causal: key blocks entirely above a query block's diagonal are skipped (as the kernels do)."""
-    n_m, n_n = -(-seqlen // block_m), -(-seqlen // block_n)
-    if not causal:
-        return seqlen * seqlen / (n_m * block_m * n_n * block_n)
-    computed = sum(min(n_n, -(-min(seqlen, (i + 1) * block_m) // block_n)) for i in range(n_m))
-    return seqlen * (seqlen + 1) / 2 / (computed * block_m * block_n)
 
 
 def head_dim_split(head_dim):
@@ -423,25 +398,31 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, *, causal=False, cu_seqlens=N
     if q.numel() == 0:
         return dq, dk, dv
     bd, bdt = head_dim_split(q.shape[-1])
-    single, bm, bn, warps, stages = bwd_config(seqlen, q.shape[-1], causal, _arch(q.device))
+    arch = _arch(q.device)
+    single, bm, bn, warps, stages = bwd_config(seqlen, q.shape[-1], causal, arch)
     sm_scale = q.shape[-1] ** -0.5
     common = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type != "cuda",
-                  INPUT_PRECISION=_input_precision(q.dtype), num_warps=warps, num_stages=stages)
+                  INPUT_PRECISION=_input_precision(q.dtype))
     strides = (*_views(q, is_varlen), *_views(o, is_varlen), *_views(dq, is_varlen), lse.stride(0))
     scalars = (sm_scale * _LOG2E, sm_scale, seqlen, n_heads, is_varlen, int(causal))
     delta = lse if single else torch.empty_like(lse)  # SINGLE computes delta in registers
     if not single:
+        dq_warps, dq_stages = bwd_dq_config(seqlen, q.shape[-1], causal, arch)
         _attn_bwd_dq_kernel[(triton.cdiv(seqlen, bm), n_seqs * n_heads)](
-            q, k, v, o, do, dq, lse, delta, cu, *scalars, *strides, **common)
+            q, k, v, o, do, dq, lse, delta, cu, *scalars, *strides, **common, num_warps=dq_warps,
+            num_stages=dq_stages)
     _attn_bwd_kernel[(triton.cdiv(seqlen, bn), n_seqs * n_heads)](
-        q, k, v, o, do, dq, dk, dv, lse, delta, cu, *scalars, *strides, SINGLE=single, **common)
+        q, k, v, o, do, dq, dk, dv, lse, delta, cu, *scalars, *strides, SINGLE=single, **common,
+        num_warps=warps, num_stages=stages)
     return dq, dk, dv
 
 
-def _table_configs():
-    """Every (kind, tiles) the tables can pick for 1 <= L <= MAX_SEQLEN."""
-    fwd = sorted({fwd_config(n, 64, False) for n in range(1, MAX_SEQLEN + 1)})
-    bwd = sorted({bwd_config(n, 64, False) for n in range(1, MAX_SEQLEN + 1)})
+def _table_configs(head_dim):
+    """Every (fwd, bwd, dq) launch config the tables can pick at this head dim for 1 <= L <= MAX_SEQLEN."""
+    cases = [(n, c) for n in range(1, MAX_SEQLEN + 1) for c in (False, True)]
+    fwd = sorted({fwd_config(n, head_dim, c) for n, c in cases})
+    bwd = sorted({bwd_config(n, head_dim, c) + ((None, None) if bwd_config(n, head_dim, c)[0]
+                                                 else bwd_dq_config(n, head_dim, c)) for n, c in cases})
     return fwd, bwd
 
 
@@ -449,7 +430,6 @@ def aot_specs():
     """Every config the launchers can pick: table tiles x head-dim split x dtype (causal and varlen are
     runtime flags), with the signature the launchers pass (ints as i32, scales as fp32)."""
     specs = []
-    fwd, bwd = _table_configs()
     ints = ("seqlen_arg", "n_heads", "is_varlen", "causal")
     strides = ("stride_b", "stride_h", "stride_l", "stride_ob", "stride_oh", "stride_ol")
     g_strides = ("stride_gb", "stride_gh", "stride_gl")
@@ -457,6 +437,7 @@ def aot_specs():
         prec = "tf32"
         ptr = f"*{ty}"
         for d, (bd, bdt) in HEAD_DIMS.items():
+            fwd, bwd = _table_configs(d)
             base = {"BLOCK_D": bd, "BLOCK_DT": bdt, "UPCAST": False, "INPUT_PRECISION": prec}
             for bm, bn, warps, stages in fwd:
                 sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "cu_ptr": "*i32",
@@ -464,7 +445,7 @@ def aot_specs():
                        "stride_lse_h": "i32"}
                 specs.append(AotSpec(_attn_fwd_kernel, sig, {"BLOCK_M": bm, "BLOCK_N": bn, **base}, warps, stages,
                                      f"fwd {ty} d{d} {bm}x{bn}"))
-            for single, bm, bn, warps, stages in bwd:
+            for single, bm, bn, warps, stages, dq_warps, dq_stages in bwd:
                 sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "do_ptr": ptr, "dq_ptr": ptr}
                 tail = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_ptr": "*i32", "qk_scale": "fp32",
                         "sm_scale": "fp32", **{n: "i32" for n in ints}, **{n: "i32" for n in strides + g_strides},
@@ -472,7 +453,8 @@ def aot_specs():
                 consts = {"BLOCK_M": bm, "BLOCK_N": bn, **base}
                 label = f"bwd {ty} d{d} {'single ' if single else ''}{bm}x{bn}"
                 if not single:
-                    specs.append(AotSpec(_attn_bwd_dq_kernel, {**sig, **tail}, consts, warps, stages, label + " dq"))
+                    specs.append(AotSpec(_attn_bwd_dq_kernel, {**sig, **tail}, consts, dq_warps, dq_stages,
+                                         label + " dq"))
                 specs.append(AotSpec(_attn_bwd_kernel, {**sig, "dk_ptr": ptr, "dv_ptr": ptr, **tail},
                                      {"SINGLE": single, **consts}, warps, stages, label))
     return specs

@@ -8,6 +8,12 @@ OpenCLIP blocks, so state dicts load strictly both ways.
 
 ``Transformer.forward(x, pool_index=...)`` runs the last block for one token per sequence only (the class
 token or the EOT token CLIP returns), through ``clipfast.ops.attention_pool``.
+
+No copies around attention: ``Attention.forward`` hands the ``in_proj`` output ``(B, L, 3·W)`` to
+``clipfast.ops.attention_qkvpacked`` as a free ``(B, L, 3, H, D)`` view and feeds its ``(B, L, H, D)``
+result to ``out_proj`` as a free ``(B, L, W)`` view; ``forward_pooled`` hands the k/v rows' projection
+``(B, L, 2·W)`` to ``attention_pool_kvpacked``. On the kernel path the backward returns packed
+``dqkv``/``dkv`` (no stack of dq, dk, dv; ``tests/test_model_kernels.py`` counts the copies).
 """
 from collections import OrderedDict
 
@@ -18,8 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from clipfast.nn.layer_norm import LayerNorm
 from clipfast.nn.quick_gelu import LinearQuickGELU
-from clipfast.ops.attention import attention
-from clipfast.ops.attention_pool import attention_pool
+from clipfast.ops.attention import attention_qkvpacked
+from clipfast.ops.attention_pool import attention_pool_kvpacked
 
 __all__ = ["Attention", "ResidualAttentionBlock", "Transformer"]
 
@@ -49,14 +55,13 @@ class Attention(nn.Module):
         runs PyTorch's SDPA directly; clipfast's own towers use ``causal``.
         """
         B, L, W = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, D)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(B, L, 3, self.heads, self.head_dim)
         if attn_mask is not None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, D)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype)).transpose(1, 2)
         else:
-            out = attention(q, k, v, causal=causal)
-        out = out.transpose(1, 2).reshape(B, L, W)
-        return self.out_proj(out)
+            out = attention_qkvpacked(qkv, causal=causal)  # (B, L, H, D)
+        return self.out_proj(out.reshape(B, L, W))
 
     def forward_pooled(self, x_query, x, kv_len=None):
         """Attention for one query token per sequence.
@@ -66,9 +71,8 @@ class Attention(nn.Module):
         """
         B, L, W = x.shape
         q = F.linear(x_query, self.in_proj_weight[:W], self.in_proj_bias[:W]).view(B, self.heads, self.head_dim)
-        kv = F.linear(x, self.in_proj_weight[W:], self.in_proj_bias[W:])
-        k, v = kv.view(B, L, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, D)
-        out = attention_pool(q, k, v, kv_len=kv_len).reshape(B, W)
+        kv = F.linear(x, self.in_proj_weight[W:], self.in_proj_bias[W:]).view(B, L, 2, self.heads, self.head_dim)
+        out = attention_pool_kvpacked(q, kv, kv_len=kv_len).reshape(B, W)
         return self.out_proj(out)
 
 

@@ -5,7 +5,10 @@
   (``downsample`` = AvgPool(stride) -> 1x1 conv -> BN), ReLU. Stages ``layer1..4`` with strides 1, 2, 2, 2.
 - ``AttentionPool2d``: tokens = [spatial mean, HW positions] + ``positional_embedding``; multi-head attention with
   separate ``q_proj/k_proj/v_proj``, output ``c_proj`` — computed for the one query it returns (the mean token),
-  through ``clipfast.ops.attention_pool``.
+  through ``clipfast.ops.attention_pool``. The k and v projections are separate layers (OpenAI/OpenCLIP keys), so
+  the kernels read each ``(B, L, C)`` output in place as ``(B, L, H, D)`` (the ``(B, H, L, D)`` arguments are
+  transposed views) and return dk, dv in that layout: no copies; packing them into one ``(B, L, 2C)`` kv would
+  need a weight concatenation every step.
 
 BatchNorm stays ``nn.BatchNorm2d`` (so ``SyncBatchNorm.convert_sync_batchnorm`` works). Gradient checkpointing
 works per stage; running statistics are updated once per step (not again by the recomputation).
@@ -83,7 +86,8 @@ class AttentionPool2d(nn.Module):
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+HW, C)
         L, H = x.shape[1], self.num_heads
         q = F.linear(x[:, 0], self.q_proj.weight, self.q_proj.bias).view(B, H, C // H)
-        k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(B, L, H, C // H).transpose(1, 2)  # (B, H, L, D)
+        # (B, H, L, D) views of the (B, L, C) projections: read in place by the kernels
+        k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(B, L, H, C // H).transpose(1, 2)
         v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(B, L, H, C // H).transpose(1, 2)
         out = attention_pool(q, k, v).reshape(B, C)
         return self.c_proj(out)

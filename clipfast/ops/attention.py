@@ -17,14 +17,13 @@ Backends (``clipfast.backend.select("attention", device)``): ``triton`` (``clipf
 run as the custom ops ``torch.ops.clipfast.attention*`` with fake implementations and autograd, so
 ``torch.compile`` traces them) or ``reference`` (``F.scaled_dot_product_attention``). A problem the kernels
 don't serve (head dim outside {32, 64, 80, 96, 128}, L_q != L_k, L > 1024, fp32 on CUDA, fp64) runs the
-reference; ``fallback_reason`` says why. Double backward is not supported on the kernel path.
+reference; ``fallback_reason`` says why (logged once per reason; ``python -m clipfast.info`` shows what the
+kernels serve). Double backward is not supported on the kernel path.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
-from clipfast import backend as _backend
+from clipfast.ops import _dispatch
 
 __all__ = ["attention", "attention_ref", "attention_qkvpacked", "attention_qkvpacked_ref",
            "attention_varlen_qkvpacked", "attention_varlen_qkvpacked_ref", "fallback_reason"]
@@ -144,33 +143,14 @@ _packed_op.register_autograd(_backward_packed, setup_context=_setup)
 
 # --- dispatch ------------------------------------------------------------------------------------------------
 
-_SELECTED = {}
-_FALLBACKS = {}
-
-
-@torch.compiler.assume_constant_result
-def _select_backend(device):
-    # Eager at trace time: depends only on the device and the environment (a constant of the graph).
-    key = (device, os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
-    if key not in _SELECTED:
-        _SELECTED[key] = _backend.select("attention", torch.device(device))
-    return _SELECTED[key]
-
-
 def _use_kernels(q, seqlen, extra=None):
     """True when the Triton kernels serve this problem; else records why in ``fallback_reason``."""
-    if _select_backend(str(q.device)) != "triton":
-        return False
-    reason = extra or _kernels().unsupported(q, seqlen)
-    if reason is not None:
-        _FALLBACKS["attention"] = reason
-        return False
-    return True
+    return _dispatch.use_kernels("attention", q.device, lambda: extra or _kernels().unsupported(q, seqlen))
 
 
 def fallback_reason():
     """Why the last call that had the triton backend ran the reference instead (None if none did)."""
-    return _FALLBACKS.get("attention")
+    return _dispatch.fallback_reason("attention")
 
 
 def _check_tensor(name, t):

@@ -73,6 +73,8 @@ KERNEL_CASES = [
     (77, 64, True, torch.float32), (77, 80, False, torch.float32), (77, 128, True, torch.float16),
     (129, 96, True, torch.float16), (197, 64, False, torch.float16), (197, 32, True, torch.float32),
     (257, 80, False, torch.float32), (65, 128, False, torch.float32), (33, 96, False, torch.float32),
+    (40, 64, True, torch.float16), (64, 32, True, torch.float32), (29, 64, True, torch.float32),  # single-tile
+    # backward with BLOCK_M < BLOCK_N (several query blocks)
 ]
 
 
@@ -181,6 +183,20 @@ def test_unsupported_falls_back_with_reason():
     assert "L_q 9 != L_k 5" in fallback_reason()
 
 
+def test_info_shows_kernel_limits_and_the_fallback_reason():
+    from clipfast import info
+
+    q = torch.randn(1, 2, 9, 40)
+    attention(q, q, q)
+    text = "\n".join(info.report(torch.device("cpu")))
+    assert "last fallback to the reference here: head dim 40" in text
+    cuda = info.report(torch.device("cuda"))
+    for op in ("attention", "attention_pool"):
+        row = next(i for i, line in enumerate(cuda) if line.split()[:1] == [op])
+        assert cuda[row].split()[-1] == "triton", cuda[row]
+        assert any("kernels serve: head dim" in line for line in cuda[row + 1:row + 5])
+
+
 def test_varlen_bad_inputs():
     qkv = torch.randn(10, 3, 2, 32)
     with pytest.raises(ValueError, match="cu_seqlens"):
@@ -220,13 +236,22 @@ def test_torch_compile_traces_packed():
 
 def test_tile_table_beats_fa2_at_clip_lengths():
     for L in (50, 77, 197, 257, 577):
-        bm, bn, _, _ = kernels.fwd_config(L, 64, False)
-        _, bbm, bbn, _, _ = kernels.bwd_config(L, 64, False)
-        fa2 = kernels.useful_share(L, 128, 128)
-        assert kernels.useful_share(L, bm, bn) >= fa2
-        assert kernels.useful_share(L, bbm, bbn) >= fa2
-        assert kernels.useful_share(L, bm, bn, causal=True) >= kernels.useful_share(L, 128, 128, causal=True)
+        for D in (64, 80):
+            bm, bn, _, _ = kernels.fwd_config(L, D, False)
+            _, bbm, bbn, _, _ = kernels.bwd_config(L, D, False)
+            for causal in (False, True):
+                fa2 = kernels.useful_share(L, 128, 128, causal)
+                assert kernels.useful_share(L, bm, bn, causal) >= fa2, (L, D, causal)
+                assert kernels.useful_share(L, bbm, bbn, causal) >= fa2, (L, D, causal)
     assert abs(kernels.useful_share(50, 64, 64) - 2500 / 4096) < 1e-12
+
+
+def test_single_tile_backward_owns_all_keys():
+    for L in range(1, kernels.MAX_SEQLEN + 1):
+        for D in kernels.HEAD_DIMS:
+            single, bm, bn, _, _ = kernels.bwd_config(L, D, True)
+            assert not single or (bn >= L and bm <= bn), (L, D)
+            assert single == (L <= kernels.SINGLE_MAX_L and D <= 64), (L, D)
 
 
 @pytest.mark.gpu
