@@ -4,34 +4,23 @@
 ``device`` and ``why()`` (the kernels' own check of this problem) returns None. Otherwise the op runs its
 reference; a reason is recorded (``fallback_reason(op)``, shown by ``python -m clipfast.info`` in the
 process that made the call) and logged once per distinct reason at WARNING level on ``clipfast.ops``.
-The backend choice depends only on the device and the environment, so ``torch.compile`` takes it as a
-constant of the graph.
+The backend choice is ``clipfast.backend.resolve`` (cached; a constant of a ``torch.compile`` graph).
 """
 import logging
-import os
 
 import torch
 
 from clipfast import backend as _backend
 
 _log = logging.getLogger("clipfast.ops")
-_SELECTED = {}
 _FALLBACKS = {}
 _LOGGED = set()
-
-
-@torch.compiler.assume_constant_result
-def _select_backend(op, device):
-    key = (op, device, os.environ.get("CLIPFAST_BACKEND"), os.environ.get("TRITON_INTERPRET"))
-    if key not in _SELECTED:
-        _SELECTED[key] = _backend.select(op, torch.device(device))
-    return _SELECTED[key]
 
 
 def use_kernels(op, device, why):
     """True when ``op``'s Triton kernels serve this call; ``why``: a callable returning the reason they
     can't (a string) or None. A fallback's reason is recorded and logged once."""
-    if _select_backend(op, str(device)) != "triton":
+    if _backend.resolve(op, device) != "triton":
         return False
     reason = why()
     if reason is None:
