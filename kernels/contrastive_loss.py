@@ -49,8 +49,8 @@ this computes what the tensor cores compute, except that P is not rounded to the
 Stability: all exponentials are exp2(x − running max) ≤ 1, so any ``scale`` (e.g. 100) and any logits
 that fit fp32 give finite LSEs; exp underflow only drops terms < 2⁻¹²⁶ of the row/column maximum.
 
-Configs and bytes per FLOP (``_CONFIGS``; ``tile_bytes_per_flop``, also in ``make aot-report``). Traffic
-model per (BLOCK_M × BLOCK_N) tile, per unit of d, e = bytes per input element, between the SMs and
+Configs and bytes per FLOP (``_CONFIGS``; ``_tiles.tile_bytes_per_flop``, also in ``make aot-report``).
+Traffic model per (BLOCK_M × BLOCK_N) tile, per unit of d, e = bytes per input element, between the SMs and
 L2/HBM: forward reads a and b rows once, (BM + BN)·e for 2·BM·BN FLOP; backward (atomic db) reads a and
 b twice (S recompute, then the gradient dots), reads and writes fp32 da rows and sends fp32 db atomics,
 2e(BM + BN) + 8·BM + 4·BN for 6·BM·BN FLOP (3 dots); each deterministic launch reads a once, b twice
@@ -67,8 +67,9 @@ frame for sm_80 and sm_90 with the JIT's specialisation:
 (fp32 runs ``ieee`` FMA dots, not tensor cores: compute-bound far below these bandwidths.) Larger
 tiles/chunks spill (128×128 at d % 32 ≠ 0, BLOCK_D 64 in the 16-bit backward, BLOCK_D 32 in fp32).
 
-Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (67 MB at
-M = N = 32k); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
+Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (16-bit,
+BLOCK_M = 128: 67 MB at M = N = 32k, but 4.3 GB at 256k — quadratic, not yet O(N); fp32, BLOCK_M = 64:
+twice that); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
 
 Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
 M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
@@ -80,7 +81,7 @@ import triton.language as tl
 
 from . import _aot
 from ._common import DTYPE_NAMES
-from ._tiles import accumulate_tile_grads, dot_tile
+from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
 
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
 _TARGET_PROGRAMS = 512
@@ -242,7 +243,7 @@ def _block_d(d, dtype):
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kind, case); every row compiles for sm_80 and sm_90 with
-# no spills and no stack frame (``make aot-report``). Bytes per FLOP of each: ``aot_bytes_per_flop``.
+# no spills and no stack frame (``make aot-report``). Bytes per FLOP of each: ``_tiles.tile_bytes_per_flop``.
 _CONFIGS = {
     ("fwd", "fp32"): (64, 64, 4, 2),
     ("bwd", "fp32"): (64, 64, 8, 1),  # 4 warps spill (ieee FMA dots hold p twice)
@@ -436,28 +437,6 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, p
                                atomic_db=False)
     dscale = (dscale.double().sum() * norm[0]).float()  # fixed order; fp64: blocks of a ring cancel
     return da.mul_(norm), db.mul_(norm), dscale
-
-
-def tile_bytes_per_flop(kind, block_m, block_n, elem_bytes, atomic_db=True):
-    """Bytes moved between the SMs and L2/HBM per FLOP by one (block_m × block_n) logit tile (the
-    traffic model of the module docstring; independent of d, partial/LSE vectors neglected)."""
-    if kind == "fwd":  # a and b rows in; one dot
-        return (block_m + block_n) * elem_bytes / (2 * block_m * block_n)
-    if atomic_db:  # a, b twice each; da fp32 read + write; db fp32 atomics; three dots
-        return (2 * elem_bytes * (block_m + block_n) + 8 * block_m + 4 * block_n) / (6 * block_m * block_n)
-    # one of the two deterministic launches: a once, b twice, da fp32 read + write; two dots
-    return (elem_bytes * block_m + 2 * elem_bytes * block_n + 8 * block_m) / (4 * block_m * block_n)
-
-
-def aot_bytes_per_flop(spec):
-    """``tile_bytes_per_flop`` of an AOT spec of a logit-tile kernel (None for the LSE merge); also used
-    by ``sigmoid_loss``."""
-    c = spec.constexprs
-    if "BLOCK_N" not in c:
-        return None
-    elem = 4 if spec.signature["a_ptr"] == "*fp32" else 2
-    kind = "bwd" if "ATOMIC_DB" in c else "fwd"
-    return tile_bytes_per_flop(kind, c["BLOCK_M"], c["BLOCK_N"], elem, c.get("ATOMIC_DB", True))
 
 
 def aot_launches():

@@ -125,7 +125,7 @@ def test_specialisation_equals_the_jits():
     the same whether computed with or without the interpreter (here, under TRITON_INTERPRET=1)."""
     got = json.loads(_run_compiled(_JIT_VS_SPEC).strip().splitlines()[-1])
     assert got["checked"] >= 300, got["checked"]
-    assert set(got["keys"]) == {"clipfast.kernels.contrastive_loss", "clipfast.kernels.sigmoid_loss",
+    assert set(got["keys"]) >= {"clipfast.kernels.contrastive_loss", "clipfast.kernels.sigmoid_loss",
                                 "clipfast.kernels.quick_gelu"}
     here = {m.__name__: sorted(repr(s.key()) for s in m.aot_specs()) for m in _aot.kernel_modules()
             if hasattr(m, "aot_launches")}
