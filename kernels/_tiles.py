@@ -2,6 +2,8 @@
 
 Both losses walk (BLOCK_M × BLOCK_N) tiles of a·bᵀ with d looped in BLOCK_D chunks; these ``@triton.jit``
 helpers are inlined into their kernels. Every load and store is masked (rows, columns and the d tail).
+``tile_bytes_per_flop`` is the tiles' memory-traffic model (the B/FLOP of every config, in the kernel
+docstrings and the AOT report).
 """
 import triton
 import triton.language as tl
@@ -50,6 +52,28 @@ def accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid,
             ddb = tl.dot(tl.trans(p), a, input_precision=INPUT_PRECISION)
             db_ptrs = db_ptr + offs_n.to(tl.int64)[:, None] * D + dk[None, :]
             tl.atomic_add(db_ptrs, ddb, mask=col_valid[:, None] & d_valid[None, :], sem="relaxed")
+
+
+def tile_bytes_per_flop(kind, block_m, block_n, elem_bytes, atomic_db=True):
+    """Bytes moved between the SMs and L2/HBM per FLOP by one (block_m × block_n) logit tile (the
+    traffic model of the ``contrastive_loss`` docstring; independent of d, partial/LSE vectors neglected)."""
+    if kind == "fwd":  # a and b rows in; one dot
+        return (block_m + block_n) * elem_bytes / (2 * block_m * block_n)
+    if atomic_db:  # a, b twice each; da fp32 read + write; db fp32 atomics; three dots
+        return (2 * elem_bytes * (block_m + block_n) + 8 * block_m + 4 * block_n) / (6 * block_m * block_n)
+    # one of the two deterministic launches: a once, b twice, da fp32 read + write; two dots
+    return (elem_bytes * block_m + 2 * elem_bytes * block_n + 8 * block_m) / (4 * block_m * block_n)
+
+
+def aot_bytes_per_flop(spec):
+    """``tile_bytes_per_flop`` of an AOT spec of a logit-tile kernel (None for other kernels, e.g. the LSE
+    merge): the B/FLOP column of ``make aot-report`` for ``contrastive_loss`` and ``sigmoid_loss``."""
+    c = spec.constexprs
+    if "BLOCK_N" not in c:
+        return None
+    elem = 4 if spec.signature["a_ptr"] == "*fp32" else 2
+    kind = "bwd" if "ATOMIC_DB" in c else "fwd"
+    return tile_bytes_per_flop(kind, c["BLOCK_M"], c["BLOCK_N"], elem, c.get("ATOMIC_DB", True))
 
 
 @triton.jit

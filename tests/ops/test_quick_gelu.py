@@ -82,6 +82,21 @@ def test_triton_bias_grad_uses_several_row_splits():
     _check_against_reference(_run_op(x, b, g, "triton"), x, b, g)
 
 
+def test_bias_row_split_bound_is_one_value():
+    """The Triton backward's MAX_ROW_SPLITS and the C++/CUDA kBiasRowBlocksMax bound the same buffer (the
+    (splits, N) fp32 bias-gradient partials): one value, kept equal here (the .cuh is torch-free C++ that
+    Python can't import, so the two are tied by this test)."""
+    import pathlib
+    import re
+
+    from clipfast.kernels import quick_gelu as kernels
+
+    header = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "quick_gelu.cuh"
+    (value,) = re.findall(r"constexpr int64_t kBiasRowBlocksMax = (\d+);", header.read_text())
+    assert int(value) == kernels.MAX_ROW_SPLITS
+    assert kernels._row_splits(10**6, 16)[1] <= kernels.MAX_ROW_SPLITS
+
+
 # --- C++ extension (the CPU kernel that shares its math with the CUDA kernel) -----------------------
 
 @needs_ext
@@ -294,3 +309,25 @@ def test_gpu_matches_reference(backend, dtype):
     same = _reference_grads(x, b, g, dtype)
     for name, o, e, s in zip(("y", "grad_x", "grad_bias"), out, exact, same):
         assert_matches_reference(o, s, e, name=name)
+
+
+@pytest.mark.gpu
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["vector", "odd_n", "misaligned", "many_rows"])
+def test_gpu_cuda_vector_and_scalar_paths(dtype, case):
+    """The CUDA kernels' 16-byte vector path (n % (16 / elem) == 0, aligned pointers), their scalar
+    fallback (odd n, an input 1 element off 16-byte alignment), more rows than one grid column holds
+    (rows loop over blockIdx.y) and a deterministic bias gradient on each."""
+    shape = {"vector": (7, 77, 3072), "odd_n": (7, 77, 3071), "misaligned": (9, 3072), "many_rows": (70001, 8)}[case]
+    x, b, g = _inputs(shape, dtype, device="cuda")
+    if case == "misaligned":  # same values, storage offset 1: contiguous but not 16-byte aligned
+        x = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")[1:].view(shape).copy_(x)
+        assert x.data_ptr() % 16 != 0
+    out = _run_op(x, b, g, "cuda")
+    exact = _reference_grads(x, b, g, torch.float64)
+    same = _reference_grads(x, b, g, dtype)
+    for name, o, e, s in zip(("y", "grad_x", "grad_bias"), out, exact, same):
+        assert_matches_reference(o, s, e, name=name)
+    again = torch.ops.clipfast.quick_gelu_bwd(g.contiguous(), x, b)[1]
+    assert torch.equal(torch.ops.clipfast.quick_gelu_bwd(g.contiguous(), x, b)[1], again)
