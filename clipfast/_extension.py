@@ -6,6 +6,12 @@ A missing or broken extension never breaks ``import clipfast``: ops fall back to
 import functools
 import importlib
 import logging
+import os
+import re
+import shutil
+import subprocess
+
+from clipfast.kernels._common import triton_cuobjdump
 
 logger = logging.getLogger(__name__)
 _error = None
@@ -31,28 +37,15 @@ def load_error():
 
 
 def cuobjdump():
-    """Path of a ``cuobjdump`` binary (the one bundled with triton, else CUDA_HOME's), or None."""
-    import os
-    import shutil
-
-    candidates = []
-    try:
-        import triton
-
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
-    except ImportError:
-        pass
-    candidates.append(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump"))
-    found = [c for c in candidates if os.path.exists(c)]
+    """Path of a ``cuobjdump`` binary (the one bundled with triton, else CUDA_HOME's, else on PATH), or None."""
+    candidates = [triton_cuobjdump(), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    found = [c for c in candidates if c and os.path.exists(c)]
     return found[0] if found else shutil.which("cuobjdump")
 
 
 def compiled_archs():
     """CUDA code embedded in the extension, as listed by ``cuobjdump``: e.g. ``["sm_80", "sm_90",
     "compute_90"]`` (cubins, then PTX). [] for a CPU-only build, None if it can't be read."""
-    import re
-    import subprocess
-
     module = load()
     tool = cuobjdump()
     if module is None or tool is None:

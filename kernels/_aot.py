@@ -33,6 +33,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from ._common import triton_cuobjdump
 from ._aot_capture import AotSpec, capture, kernel_params, spec_from_launch, specs_from_launches  # noqa: F401
 
 ARCHS = (80, 90)
@@ -61,15 +62,11 @@ class Resources:
     spill_loads: int  # ptxas -v "bytes spill loads"
 
 
-def _cuobjdump():
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-
 def _read_cubin(cubin):
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([triton_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 

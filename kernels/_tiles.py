@@ -2,11 +2,15 @@
 
 Both losses walk (BLOCK_M × BLOCK_N) tiles of a·bᵀ with d looped in BLOCK_D chunks; these ``@triton.jit``
 helpers are inlined into their kernels. Every load and store is masked (rows, columns and the d tail).
-``tile_bytes_per_flop`` is the tiles' memory-traffic model (the B/FLOP of every config, in the kernel
+The host side (``CONFIGS``/``config``, ``splits``, ``check_features``) is the launch table and checks both
+losses share. ``tile_bytes_per_flop`` is the tiles' memory-traffic model (the B/FLOP of every config, in the kernel
 docstrings and the AOT report).
 """
+import torch
 import triton
 import triton.language as tl
+
+from ._common import DTYPE_NAMES
 
 
 @triton.jit
@@ -87,3 +91,60 @@ def softplus(y):
     um1 = u - 1.0
     tiny = um1 == 0.0
     return tl.maximum(y, 0.0) + tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, um1)))
+
+
+# ---- host side: the config table both losses launch with (deterministic; no autotune: it fails under the
+# interpreter), the column split heuristic, the input checks.
+
+TARGET_PROGRAMS = 512  # programs a launch aims at (enough CTAs for every SM of an H100)
+
+def block_d(d, dtype):
+    """Chunk of d per dot: 32 for fp16/bf16 when 32 divides d (every CLIP width: 512, 640, 768, 1024,
+    1280), else 16 (fp32: always 16); a d that is not a multiple of 16 gets a masked tail chunk. Larger
+    chunks spill registers in the backward (AOT report)."""
+    return 32 if dtype != torch.float32 and d % 32 == 0 else 16
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kind, case); every row compiles for sm_80 and sm_90 with
+# no spills and no stack frame (``make aot-report``). Bytes per FLOP of each: ``_tiles.tile_bytes_per_flop``.
+CONFIGS = {
+    ("fwd", "fp32"): (64, 64, 4, 2),
+    ("bwd", "fp32"): (64, 64, 8, 1),  # 4 warps spill (ieee FMA dots hold p twice)
+    ("fwd", "16-bit"): (128, 64, 8, 3),
+    ("bwd", "16-bit"): (128, 128, 8, 1),  # d % 32 == 0: ≈ 0.026 B/FLOP (the 64×64 tiles: ≈ 0.052)
+    ("bwd", "16-bit odd d"): (64, 64, 4, 1),  # d % 32 != 0: 128×128 spills there
+}
+
+
+def config(kind, dtype, d):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for kernel ``kind`` ("fwd" or "bwd")."""
+    case = "fp32" if dtype == torch.float32 else ("16-bit odd d" if kind == "bwd" and d % 32 else "16-bit")
+    bm, bn, warps, stages = CONFIGS[(kind, case)]
+    return bm, bn, block_d(d, dtype), warps, stages
+
+
+def splits(n_row_blocks, n_col_tiles, kind="fwd"):
+    """(n_splits, tiles_per_split): split the columns only when there are too few row blocks to fill
+    the GPU; no split is empty. The backward aims at half the programs: it runs 1 CTA per SM (AOT
+    report) and each extra split costs a (M, d) fp32 da partial (M = 32768, 128-row blocks: 1 split)."""
+    target = TARGET_PROGRAMS if kind == "fwd" else TARGET_PROGRAMS // 2
+    want = max(1, min(n_col_tiles, -(-target // n_row_blocks)))
+    tiles_per_split = -(-n_col_tiles // want)
+    return -(-n_col_tiles // tiles_per_split), tiles_per_split
+
+
+def check_features(a, b):
+    """(a, b) as the launchers take them: 2-D, one dtype/device/d, unit stride along d (copied if not)."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D tensor (rows, d), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dtype not in DTYPE_NAMES:
+            raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same feature size d, got {a.shape[1]} and {b.shape[1]}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on the same device, got {a.device} and {b.device}")
+    return (a if a.stride(1) == 1 else a.contiguous()), (b if b.stride(1) == 1 else b.contiguous())

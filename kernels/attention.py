@@ -64,7 +64,7 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec
-from ._common import DTYPE_NAMES
+from ._common import DTYPE_NAMES, input_precision
 from ._attention_tiles import bwd_config, bwd_dq_config, dprobs_tile, fwd_config, head_offset, load_rows
 from ._attention_tiles import probs_tile, sequence_span, store_rows
 from ._attention_tiles import SINGLE_MAX_L, useful_share  # noqa: F401 (part of this module's API: tests, bench)
@@ -299,10 +299,6 @@ def unsupported(q, seqlen):
     return None
 
 
-def _input_precision(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _views(t, varlen):
     """(stride_b, stride_h, stride_l) of a (B, L, H, D) or varlen (T, H, D) tensor."""
     if varlen:
@@ -382,7 +378,7 @@ def attention_fwd(q, k, v, *, causal=False, cu_seqlens=None, max_seqlen=None):
         q, k, v, o, lse, cu, q.shape[-1] ** -0.5 * _LOG2E, seqlen, n_heads, is_varlen, int(causal),
         *_views(q, is_varlen), *_views(o, is_varlen), lse.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type != "cuda",
-        INPUT_PRECISION=_input_precision(q.dtype), num_warps=warps, num_stages=stages)
+        INPUT_PRECISION=input_precision(q.dtype), num_warps=warps, num_stages=stages)
     return o, lse
 
 
@@ -402,7 +398,7 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, *, causal=False, cu_seqlens=N
     single, bm, bn, warps, stages = bwd_config(seqlen, q.shape[-1], causal, arch)
     sm_scale = q.shape[-1] ** -0.5
     common = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type != "cuda",
-                  INPUT_PRECISION=_input_precision(q.dtype))
+                  INPUT_PRECISION=input_precision(q.dtype))
     strides = (*_views(q, is_varlen), *_views(o, is_varlen), *_views(dq, is_varlen), lse.stride(0))
     scalars = (sm_scale * _LOG2E, sm_scale, seqlen, n_heads, is_varlen, int(causal))
     delta = lse if single else torch.empty_like(lse)  # SINGLE computes delta in registers

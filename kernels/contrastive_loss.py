@@ -80,11 +80,11 @@ import triton
 import triton.language as tl
 
 from . import _aot
-from ._common import DTYPE_NAMES
+from ._common import DTYPE_NAMES, check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
+from ._tiles import check_features, config, splits
 
 # Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
-_TARGET_PROGRAMS = 512
 _LSE_BLOCK = 256
 _LSE_WARPS, _LSE_STAGES = 4, 1
 
@@ -233,63 +233,6 @@ def _contrastive_loss_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Config heuristic (deterministic table; no autotune: it fails under the interpreter).
-
-def _block_d(d, dtype):
-    """Chunk of d per dot: 32 for fp16/bf16 when 32 divides d (every CLIP width: 512, 640, 768, 1024,
-    1280), else 16 (fp32: always 16); a d that is not a multiple of 16 gets a masked tail chunk. Larger
-    chunks spill registers in the backward (AOT report)."""
-    return 32 if dtype != torch.float32 and d % 32 == 0 else 16
-
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kind, case); every row compiles for sm_80 and sm_90 with
-# no spills and no stack frame (``make aot-report``). Bytes per FLOP of each: ``_tiles.tile_bytes_per_flop``.
-_CONFIGS = {
-    ("fwd", "fp32"): (64, 64, 4, 2),
-    ("bwd", "fp32"): (64, 64, 8, 1),  # 4 warps spill (ieee FMA dots hold p twice)
-    ("fwd", "16-bit"): (128, 64, 8, 3),
-    ("bwd", "16-bit"): (128, 128, 8, 1),  # d % 32 == 0: ≈ 0.026 B/FLOP (the 64×64 tiles: ≈ 0.052)
-    ("bwd", "16-bit odd d"): (64, 64, 4, 1),  # d % 32 != 0: 128×128 spills there
-}
-
-
-def _config(kind, dtype, d):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for kernel ``kind`` ("fwd" or "bwd")."""
-    case = "fp32" if dtype == torch.float32 else ("16-bit odd d" if kind == "bwd" and d % 32 else "16-bit")
-    bm, bn, warps, stages = _CONFIGS[(kind, case)]
-    return bm, bn, _block_d(d, dtype), warps, stages
-
-
-def _splits(n_row_blocks, n_col_tiles, kind="fwd"):
-    """(n_splits, tiles_per_split): split the columns only when there are too few row blocks to fill
-    the GPU; no split is empty. The backward aims at half the programs: it runs 1 CTA per SM (AOT
-    report) and each extra split costs a (M, d) fp32 da partial (M = 32768, 128-row blocks: 1 split)."""
-    target = _TARGET_PROGRAMS if kind == "fwd" else _TARGET_PROGRAMS // 2
-    want = max(1, min(n_col_tiles, -(-target // n_row_blocks)))
-    tiles_per_split = -(-n_col_tiles // want)
-    return -(-n_col_tiles // tiles_per_split), tiles_per_split
-
-
-def _input_precision(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _check_features(a, b):
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D tensor (rows, d), got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype not in DTYPE_NAMES:
-            raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have the same feature size d, got {a.shape[1]} and {b.shape[1]}")
-    if a.device != b.device:
-        raise ValueError(f"a and b must be on the same device, got {a.device} and {b.device}")
-    return (a if a.stride(1) == 1 else a.contiguous()), (b if b.stride(1) == 1 else b.contiguous())
-
-
 def _check_vector(name, t, n, device):
     if not isinstance(t, torch.Tensor) or t.shape != (n,):
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -297,15 +240,6 @@ def _check_vector(name, t, n, device):
     if t.device != device:
         raise ValueError(f"{name}: expected device {device}, got {t.device}")
     return t.to(torch.float32).contiguous()
-
-
-def _check_scale(scale, device):
-    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
-        raise ValueError("scale: expected a 1-element tensor (exp(logit_scale)), got "
-                         f"{tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__}")
-    if scale.device != device:
-        raise ValueError(f"scale: expected device {device}, got {scale.device}")
-    return scale.detach().reshape(1).to(torch.float32).contiguous()
 
 
 def _merge_lse(part_max, part_sum):
@@ -330,8 +264,8 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
         lse_col_j = log Σ_i exp(S_ij) over the M rows. Bitwise deterministic. With ``positive_offset``,
         a third (M,) float32 tensor pos_i = a_i·b_{i+k} (unscaled; 0 where i + k is outside [0, N)).
     """
-    a, b = _check_features(a, b)
-    scale = _check_scale(scale, a.device)
+    a, b = check_features(a, b)
+    scale = check_scalar("scale", scale, a.device)
     has_pos = positive_offset is not None
     if has_pos and (isinstance(positive_offset, bool) or not isinstance(positive_offset, int)):
         raise TypeError(f"positive_offset: expected an int or None, got {type(positive_offset).__name__}")
@@ -341,9 +275,9 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
     if m == 0 or n == 0:
         out = (torch.full((m,), float("-inf"), device=dev), torch.full((n,), float("-inf"), device=dev))
         return (*out, pos) if has_pos else out
-    bm, bn, bd, warps, stages = _config("fwd", a.dtype, d)
+    bm, bn, bd, warps, stages = config("fwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
+    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn))
     row_max = torch.empty(n_splits, m, device=dev, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)
     col_max = torch.empty(n_row_blocks, n, device=dev, dtype=torch.float32)
@@ -351,7 +285,7 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
     _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, row_max, row_sum, col_max, col_sum, pos, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
         positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
-        INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
+        INPUT_PRECISION=input_precision(a.dtype), num_warps=warps, num_stages=stages)
     out = (_merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum))
     return (*out, pos) if has_pos else out
 
@@ -359,9 +293,9 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
 def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos, pos_offset, atomic_db):
     """(da, db or None, dscale partials (n_splits, M)), all divided by ``norm``; db only with ``atomic_db``."""
     (m, d), n = a.shape, b.shape[0]
-    bm, bn, bd, warps, stages = _config("bwd", a.dtype, d)
+    bm, bn, bd, warps, stages = config("bwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
+    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
     da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
     dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
@@ -370,7 +304,7 @@ def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_po
         a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos if has_pos else coef_row, da, db, dscale,
         m, n, d, a.stride(0), b.stride(0), tiles_per_split, pos_offset,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu",
-        INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
+        INPUT_PRECISION=input_precision(a.dtype), num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale
 
@@ -415,9 +349,9 @@ def contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, *, p
     Returns:
         (da, db, dscale): (M, d), (N, d) float32 and a 0-d float32 tensor. No host synchronisation.
     """
-    a, b = _check_features(a, b)
+    a, b = check_features(a, b)
     dev = a.device
-    scale = _check_scale(scale, dev)
+    scale = check_scalar("scale", scale, dev)
     (m, d), n = a.shape, b.shape[0]
     lse_row, coef_row = (_check_vector(k, t, m, dev) for k, t in (("lse_row", lse_row), ("coef_row", coef_row)))
     lse_col, coef_col = (_check_vector(k, t, n, dev) for k, t in (("lse_col", lse_col), ("coef_col", coef_col)))

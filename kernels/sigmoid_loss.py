@@ -40,9 +40,9 @@ import triton
 import triton.language as tl
 
 from . import _aot
-from ._common import DTYPE_NAMES
+from ._common import DTYPE_NAMES, check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile, softplus  # noqa: F401 (AOT report)
-from .contrastive_loss import _check_features, _config, _input_precision, _splits
+from ._tiles import check_features, config, splits
 
 
 @triton.jit
@@ -139,16 +139,6 @@ def _sigmoid_loss_bwd_kernel(
     tl.store(dbias_ptr + row_off, dbias, mask=row_valid)
 
 
-def _scalar(name, t, device):
-    """A 1-element fp32 tensor on ``device`` (scale, bias, grad)."""
-    if not isinstance(t, torch.Tensor) or t.numel() != 1:
-        raise ValueError(f"{name}: expected a 1-element tensor, got "
-                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name}: expected device {device}, got {t.device}")
-    return t.detach().reshape(1).to(torch.float32).contiguous()
-
-
 def _check_offset(positive_offset):
     if positive_offset is not None and (isinstance(positive_offset, bool) or not isinstance(positive_offset, int)):
         raise TypeError(f"positive_offset: expected an int or None, got {type(positive_offset).__name__}")
@@ -167,29 +157,29 @@ def sigmoid_loss_fwd(a, b, scale, bias, positive_offset=0):
     Returns:
         loss_row: (M,) float32, loss_row_i = Σ_j softplus(−z_ij·(s·a_i·b_j + bias)). Deterministic.
     """
-    a, b = _check_features(a, b)
+    a, b = check_features(a, b)
     dev = a.device
-    scale, bias = _scalar("scale", scale, dev), _scalar("bias", bias, dev)
+    scale, bias = check_scalar("scale", scale, dev), check_scalar("bias", bias, dev)
     offset, has_pos = _check_offset(positive_offset)
     (m, d), n = a.shape, b.shape[0]
     if m == 0 or n == 0:
         return torch.zeros(m, device=dev)
-    bm, bn, bd, warps, stages = _config("fwd", a.dtype, d)
+    bm, bn, bd, warps, stages = config("fwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn))
+    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn))
     loss = torch.empty(n_splits, m, device=dev, dtype=torch.float32)
     _sigmoid_loss_fwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, bias, loss, m, n, d, a.stride(0), b.stride(0), tiles_per_split, offset,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
-        INPUT_PRECISION=_input_precision(a.dtype), num_warps=warps, num_stages=stages)
+        INPUT_PRECISION=input_precision(a.dtype), num_warps=warps, num_stages=stages)
     return loss[0] if n_splits == 1 else loss.sum(0)
 
 
 def _bwd_launch(a, b, scale, bias, offset, has_pos, atomic_db):
     (m, d), n = a.shape, b.shape[0]
-    bm, bn, bd, warps, stages = _config("bwd", a.dtype, d)
+    bm, bn, bd, warps, stages = config("bwd", a.dtype, d)
     n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = _splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
+    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
     da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
     dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
@@ -197,7 +187,7 @@ def _bwd_launch(a, b, scale, bias, offset, has_pos, atomic_db):
     _sigmoid_loss_bwd_kernel[(n_row_blocks, n_splits)](
         a, b, scale, bias, da, db, dscale, dbias, m, n, d, a.stride(0), b.stride(0), tiles_per_split, offset,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db,
-        UPCAST=a.device.type == "cpu", INPUT_PRECISION=_input_precision(a.dtype),
+        UPCAST=a.device.type == "cpu", INPUT_PRECISION=input_precision(a.dtype),
         num_warps=warps, num_stages=stages)
     da = da[0] if n_splits == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale.sum(), dbias.sum()
@@ -216,10 +206,10 @@ def sigmoid_loss_bwd(a, b, scale, bias, grad, positive_offset=0, *, deterministi
         (da, db, dscale, dbias): (M, d), (N, d) float32 and 0-d float32 tensors; dscale is the
         gradient w.r.t. s (multiply by s for logit_scale).
     """
-    a, b = _check_features(a, b)
+    a, b = check_features(a, b)
     dev = a.device
-    scale, bias = _scalar("scale", scale, dev), _scalar("bias", bias, dev)
-    grad = _scalar("grad", grad, dev)
+    scale, bias = check_scalar("scale", scale, dev), check_scalar("bias", bias, dev)
+    grad = check_scalar("grad", grad, dev)
     offset, has_pos = _check_offset(positive_offset)
     (m, d), n = a.shape, b.shape[0]
     if deterministic is None:

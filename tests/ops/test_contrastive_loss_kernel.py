@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clipfast.kernels import contrastive_loss as K
+from clipfast.kernels import _tiles as tiles
 from tests.numerics import assert_close, assert_matches_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -200,9 +201,9 @@ def test_non_contiguous_inputs():
 @pytest.mark.parametrize("target", [1, 10**6])
 def test_column_splits(monkeypatch, target):
     """One column split per row block, and one column tile per program, give the same results."""
-    monkeypatch.setattr(K, "_TARGET_PROGRAMS", target)
+    monkeypatch.setattr(tiles, "TARGET_PROGRAMS", target)
     m, n, d = 20, 150, 32  # 3 column tiles of 64
-    assert K._splits(1, 3) == ((1, 3) if target == 1 else (3, 1))
+    assert tiles.splits(1, 3) == ((1, 3) if target == 1 else (3, 1))
     a, b = _features(m, d, torch.float32), _features(n, d, torch.float32)
     scale = torch.tensor(50.0)
     lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
@@ -219,7 +220,7 @@ def test_column_splits(monkeypatch, target):
 def test_splits_never_empty():
     for n_row_blocks in (1, 2, 3, 7, 100, 600):
         for n_col_tiles in (1, 2, 5, 64, 513):
-            splits, per = K._splits(n_row_blocks, n_col_tiles)
+            splits, per = tiles.splits(n_row_blocks, n_col_tiles)
             assert 1 <= splits <= n_col_tiles and (splits - 1) * per < n_col_tiles <= splits * per
 
 
@@ -285,10 +286,10 @@ def test_aot_specs_cover_every_heuristic_choice():
     for dtype, ty in K.DTYPE_NAMES.items():
         for d in range(1, 1281):
             for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
-                bm, bn, bd, warps, stages = K._config(kind, dtype, d)
+                bm, bn, bd, warps, stages = tiles.config(kind, dtype, d)
                 assert (kernel.__name__, f"*{ty}", (bm, bn, bd), warps, stages) in listed, (kind, dtype, d)
             for atomic in (True, False):
-                assert (f"*{ty}", atomic, K._block_d(d, dtype)) in listed_bwd
+                assert (f"*{ty}", atomic, tiles.block_d(d, dtype)) in listed_bwd
 
 
 @pytest.mark.gpu
