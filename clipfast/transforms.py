@@ -186,7 +186,7 @@ def _train_transform(image_size, mean, std, interpolation, aug_cfg):
     if "color_jitter" in aug and not aug_cfg.color_jitter_prob:
         unused.append("color_jitter")
     if unused:
-        warnings.warn(f"Unused augmentation cfg items, specify `use_timm` to use ({unused}).")
+        warnings.warn(f"Unused augmentation cfg items, specify `use_timm` to use ({unused}).", stacklevel=2)
     return Compose(steps)
 
 

@@ -95,13 +95,13 @@ def _worker(rank, world, port, errors):
         ]
         for what, make, sig in cases:
             inputs = (li, lt, s, bias) if sig else (li, lt, s)
-            local = _grads(lambda *x: make()(*x), inputs)
+            local = _grads(lambda *x, make=make: make()(*x), inputs)
             oracles = (single_sig, single_sig32) if sig else (single_clip, single_clip32)
             _check_ddp(rank, world, local, *oracles, what)
         # OpenCLIP's flag combinations: same loss and gradients as OpenCLIP's own module, rank by rank.
         for flags in [(False, False), (False, True), (True, False), (True, True)]:
-            ours = _grads(lambda *x: clipfast.ClipLoss(*flags, chunk_size=CHUNK, **kw)(*x), (li, lt, s))
-            theirs = _grads(lambda *x: open_clip.loss.ClipLoss(*flags, **kw)(*x), (li, lt, s))
+            ours = _grads(clipfast.ClipLoss(*flags, chunk_size=CHUNK, **kw), (li, lt, s))
+            theirs = _grads(open_clip.loss.ClipLoss(*flags, **kw), (li, lt, s))
             for k, (o, r) in enumerate(zip(ours, theirs)):
                 _rel_close(o, r, f"ClipLoss{flags} vs open_clip, output {k}", rtol=2e-5)
         # SigLIP: loss and feature gradients rank by rank; the ring hands every rank the mean share of

@@ -175,7 +175,7 @@ class Adam(torch.optim.Optimizer):
                 master = state.get("master")
                 key = (p.device, p.dtype, state["exp_avg"].dtype, master is not None)
                 buckets.setdefault(key, []).append((p, state, index - 1))
-            for (device, pdt, sdt, has_master), items in buckets.items():
+            for (_device, _pdt, sdt, has_master), items in buckets.items():
                 self._step_bucket(group, items, sdt, has_master)
         return loss
 

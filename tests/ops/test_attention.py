@@ -137,8 +137,8 @@ def test_kernel_varlen_ragged():
     qkv = torch.randn(T, 3, H, D)
     grad = torch.randn(T, H, D)
     for causal in (True, False):
-        ours = _grads(lambda t: attention_varlen_qkvpacked(t, cu, max(lengths), causal=causal), [qkv], grad)
-        exact = _grads(lambda t: attention_varlen_qkvpacked_ref(t, cu, max(lengths), causal=causal),
+        ours = _grads(lambda t, causal=causal: attention_varlen_qkvpacked(t, cu, max(lengths), causal=causal), [qkv], grad)
+        exact = _grads(lambda t, causal=causal: attention_varlen_qkvpacked_ref(t, cu, max(lengths), causal=causal),
                        [qkv.double()], grad.double())
         assert_close(ours[0], exact[0].float(), name=f"varlen out causal={causal}")
         assert_close(ours[1], exact[1].float(), name=f"varlen dqkv causal={causal}")

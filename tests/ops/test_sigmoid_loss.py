@@ -69,7 +69,7 @@ def test_chunk_size_invariance_and_non_contiguous():
     i_nc, t_nc = i.T.contiguous().T, torch.stack([t, torch.zeros_like(t)], 2).flatten(1)[:, ::2]  # stride 2 along d
     assert torch.equal(t_nc, t) and not t_nc.is_contiguous()
     for chunk in (3, 76):
-        got = _grads(lambda *x: sigmoid_loss(*x, chunk_size=chunk), (i_nc, t_nc, torch.tensor(10.0), torch.tensor(-4.0)))
+        got = _grads(lambda *x, chunk=chunk: sigmoid_loss(*x, chunk_size=chunk), (i_nc, t_nc, torch.tensor(10.0), torch.tensor(-4.0)))
         for name, o, e in zip(NAMES, got, base):
             assert_close(o, e, name=f"{name} (chunk {chunk})")
 

@@ -50,7 +50,7 @@ def main():
         opt = {"optimizer": cfg["optimizer"]} if "optimizer" in cfg else {}  # clipfast.optim.AdamW, fp32 state
         trainer = Trainer(train_args(epochs=1, accum_freq=accum, grad_clip_norm=1.0, **opt), wrapped, loss, data, info=info)
         losses = []
-        trainer.add_callback(lambda t, s: losses.append(all_reduce_mean(s["loss"]).item()))
+        trainer.add_callback(lambda t, s, losses=losses: losses.append(all_reduce_mean(s["loss"]).item()))
         trainer.fit()
         results[mode] = losses
         model_sd, _ = full_state_dicts(wrapped, trainer.optimizer)  # collective under FSDP
