@@ -127,13 +127,14 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfast", description="Train and evaluate CLIP models with clipfast's fused kernels.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}", required=True)
     train = sub.add_parser("train", help="train a CLIP (python -m clipfast.train is the same)",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     _add_common(train)
     _add_train(train)
     ev = sub.add_parser("eval", help="evaluate a checkpoint (zero-shot on the dataset's classes)")
     _add_common(ev)
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite, write a report (clipfast bench -h)")
     return parser
 
 
@@ -271,6 +272,11 @@ def validate(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``clipfast`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own flags: clipfast.train.bench
+        from clipfast.train import bench
+
+        return bench.main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

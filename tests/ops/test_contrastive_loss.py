@@ -330,3 +330,14 @@ def test_bad_inputs_name_the_argument(case, exc, match):
         i = [[1.0]]
     with pytest.raises(exc, match=match):
         contrastive_loss(i, t, s, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d", [(2049, 512), (8192, 768)])
+def test_gpu_triton_backend_matches_reference(monkeypatch, n, d, dtype):
+    """CUDA, the public op on the Triton kernels (real tensor cores) at CLIP batch sizes, forward + backward,
+    against the float64 oracle by the same rules as the CPU tests (``_check``)."""
+    monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
+    i, t = (x.cuda() for x in _pairs(n, d, dtype))
+    _check(i, t, torch.tensor(100.0, device="cuda"))
