@@ -22,6 +22,8 @@ Run: ``pytest bench/bench_train_step.py --benchmark-only --benchmark-group-by=fu
 clipfast / OpenCLIP ratio on a shared CPU, interleave the two step by step:
 
     python bench/bench_train_step.py --rounds 5        # median samples/s of each, and their ratio
+
+(``clipfast bench`` runs the same, ``interleaved_compare``, as its ``train_step`` stage.)
 """
 import argparse
 
@@ -152,18 +154,30 @@ def test_optimizer_mode(timed, benchmark, shape, mode):
                                                                               for p in params) / n)
 
 
+def interleaved_compare(shape, rounds):
+    """clipfast vs open_clip at ``TRAIN_STEP[shape]``, steps interleaved (``harness.interleaved``) after a first
+    step each that gives its peak memory. Returns a JSON-able dict; ``ratio``: open_clip time / clipfast time."""
+    config, batch, _ = TRAIN_STEP[shape]
+    steps = {p: make_step(p, shape)[0] for p in PROVIDERS}
+    peaks = {p: harness.peak_memory(step) for p, step in steps.items()}
+    med = harness.interleaved(steps, rounds, warmup=0)
+    return {"shape": shape, "config": config, "batch": batch, "precision": PRECISION, "rounds": rounds,
+            "device": str(DEVICE), "threads": torch.get_num_threads(), "ratio": med["open_clip"] / med["clipfast"],
+            "providers": {p: {"median_s": med[p], "samples_per_s": batch / med[p], "first_step_peak_bytes": peaks[p]}
+                          for p in PROVIDERS}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="clipfast vs open_clip train step, interleaved (CPU ratios)")
     parser.add_argument("--shapes", default=",".join(TRAIN_STEP))
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     for shape in args.shapes.split(","):
-        steps = {p: make_step(p, shape) for p in PROVIDERS}
-        med = harness.interleaved({p: s[0] for p, s in steps.items()}, args.rounds)
-        batch = steps["clipfast"][2]
-        print(f"{TRAIN_STEP[shape][0]} batch {batch} {PRECISION} on {DEVICE} ({torch.get_num_threads()} threads), "
-              f"median of {args.rounds} interleaved steps: clipfast {batch / med['clipfast']:.2f} samples/s, "
-              f"open_clip {batch / med['open_clip']:.2f} samples/s, ratio {med['open_clip'] / med['clipfast']:.3f}x")
+        r = interleaved_compare(shape, args.rounds)
+        sps = {p: v["samples_per_s"] for p, v in r["providers"].items()}
+        print(f"{r['config']} batch {r['batch']} {PRECISION} on {DEVICE} ({r['threads']} threads), median of "
+              f"{args.rounds} interleaved steps: clipfast {sps['clipfast']:.2f} samples/s, open_clip "
+              f"{sps['open_clip']:.2f} samples/s, ratio {r['ratio']:.3f}x")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def _results():
         "started": "2026-12-01T00:00:00+00:00", "suite": "bench",
         "machine": {"cpu": "x", "cores": 2, "threads": 2, "python": "3.11", "torch": "2", "os": "linux", "gpu": None},
         "suite_run": {"command": "pytest ...", "rows": rows, "ratios": bench.ratios(rows)},
+        "train_step": [{"shape": "vit_b32", "config": "ViT-B-32", "batch": 2, "precision": "fp32", "rounds": 2,
+                        "device": "cpu", "threads": 2, "ratio": 1.2345,
+                        "providers": {"clipfast": {"median_s": 8.1, "samples_per_s": 2 / 8.1, "first_step_peak_bytes": 2.1e9},
+                                      "open_clip": {"median_s": 10.0, "samples_per_s": 0.2, "first_step_peak_bytes": 2.2e9}}}],
         "loss_memory": [{"provider": p, "n": n, "d": 512, "dtype": "float32", "peak_extra_bytes": b, "seconds": s}
                         for p, n, b, s in (("clipfast", 1024, 5.5e6, 0.1234), ("open_clip", 1024, 2.345e7, 0.3456))],
         "aot": [{"module": "quick_gelu", "kernel": "_k", "label": "cfg", "arch": 80, "num_warps": 4, "num_stages": 1,
@@ -68,6 +72,13 @@ def _check_report_matches(results, markdown):
     for cells, r in zip(tables["Every case"], results["suite_run"]["rows"]):
         assert cells[2] == r["variant"] and _close(cells[3], r["mean_s"] * 1e3)
         assert _close(cells[7], r["extra_info"].get("gb_per_s")) and _close(cells[8], r["extra_info"].get("peak_mb"))
+    train = tables["Train step: clipfast vs OpenCLIP, interleaved step by step"]
+    expected = [(r, p, v) for r in results["train_step"] for p, v in r["providers"].items()]
+    assert len(train) == len(expected)
+    for cells, (r, p, v) in zip(train, expected):
+        assert cells[0] == r["config"] and cells[4] == p and _close(cells[5], v["samples_per_s"])
+        assert _close(cells[6], v["median_s"]) and _close(cells[7], v["first_step_peak_bytes"] / MIB)
+        assert _close(cells[8], r["ratio"] if p == "clipfast" else 1.0)
     loss = next(v for k, v in tables.items() if k.startswith("Contrastive loss: peak extra memory"))
     assert len(loss) == len(results["loss_memory"])
     for cells, r in zip(loss, results["loss_memory"]):

@@ -9,10 +9,13 @@ Stages (``--only`` picks some):
 
 - ``suite``: ``pytest <suite>/bench_*.py --benchmark-only`` on the subset's selection (one pytest run, so the
   providers of a case run side by side); per case the ratio baseline time / provider time.
+- ``train_step``: clipfast vs OpenCLIP train steps interleaved step by step (``bench_train_step.interleaved_compare``):
+  the ratio a shared CPU can give (pytest-benchmark times one provider after the other).
 - ``loss_memory``: contrastive-loss peak extra memory and time vs N for clipfast and OpenCLIP (fresh process
   per point on CPU).
 - ``aot``: static GPU evidence per Triton kernel and arch — registers, shared memory, spills (and whatever else
-  ``clipfast.kernels._aot.Resources`` reports) from the ahead-of-time compile; ``--quick``: one config per kernel.
+  ``clipfast.kernels._aot.Resources`` reports) from the ahead-of-time compile; ``--quick``: one config per
+  kernel (bf16, head dim 64 where listed).
 - ``roofline``: lower-bound times at the GPU shapes from FLOP / byte counts and datasheet peaks — ESTIMATES.
 
 The suite is the ``bench/`` folder of a source checkout: found next to the ``clipfast`` package when it is
@@ -30,19 +33,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-STAGES = ("suite", "loss_memory", "aot", "roofline")
-# subset: (pytest -k selection over bench_*.py, loss-memory Ns or None for shapes.LOSS_MEMORY_NS, AOT: all configs?)
+STAGES = ("suite", "train_step", "loss_memory", "aot", "roofline")
+# subset: (pytest -k selection over bench_*.py, loss-memory Ns (None: shapes.LOSS_MEMORY_NS), AOT of every config,
+# interleaved train-step shapes (None: all of shapes.TRAIN_STEP) and rounds)
 SUBSETS = {
     "quick": ("(bench_quick_gelu and vit_b32_mlp and fwd_bwd and not torch_compile)"
               " or (bench_contrastive_loss and n1024)"
-              " or (bench_fused_adam and (torch_f or clipfast_))"
-              " or (bench_train_step and test_train_step and vit_b32)", (1024, 2048, 4096), False),
+              " or (bench_fused_adam and (torch_f or clipfast_))", (1024, 2048, 4096), False, ("vit_b32",), 2),
     "gpu-check": ("bench_attention"
                   " or (bench_quick_gelu and not torch_compile)"
                   " or bench_contrastive_loss"
                   " or (bench_fused_adam and vit_b32_visual)"
-                  " or (bench_train_step and test_train_step and vit_b32)", None, False),
-    "full": (None, None, True),
+                  " or (bench_train_step and test_train_step and vit_b32)", None, False, ("vit_b32",), 5),
+    "full": (None, None, True, None, 3),
 }
 LOSS_MEMORY_PROVIDERS = ("clipfast", "open_clip")
 
@@ -133,21 +136,23 @@ def ratios(rows: list) -> list:
 
 def run_suite(suite: Path, select, extra_k, out: Path, shapes, log) -> dict:
     """One ``pytest --benchmark-only`` run over the suite's bench_*.py with ``-k select [and extra_k]``."""
-    raw = out / "pytest-benchmark.json"
+    raw = (out / "pytest-benchmark.json").resolve()
     k = " and ".join(f"({e})" for e in (select, extra_k) if e)
-    cmd = [sys.executable, "-m", "pytest", *sorted(str(p) for p in suite.glob("bench_*.py")), "--benchmark-only",
-           f"--benchmark-json={raw}", "-q", "-p", "no:cacheprovider", "--rootdir", str(suite.parent)]
-    if k:
-        cmd += ["-k", k]
-    log(f"suite: {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=suite.parent, env=_child_env(shapes), capture_output=True, text=True)
+    # Paths relative to the checkout (the child's cwd), so the command reads the same on every machine.
+    files = sorted(f"{suite.name}/{p.name}" for p in suite.glob("bench_*.py"))
+    args = ["-m", "pytest", *files, "--benchmark-only", f"--benchmark-json={os.path.relpath(raw, suite.parent)}",
+            "-q", "-p", "no:cacheprovider", "--rootdir", "."] + (["-k", k] if k else [])
+    shown = shlex.join(["python", *args])
+    log(f"suite: {shown}")
+    proc = subprocess.run([sys.executable, *args], cwd=suite.parent, env=_child_env(shapes), capture_output=True,
+                          text=True)
     (out / "pytest.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode not in (0, 5) or not raw.is_file():  # 5: nothing collected
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        return {"command": shlex.join(cmd), "error": f"pytest exit status {proc.returncode}: " + " | ".join(tail),
+        return {"command": shown, "error": f"pytest exit status {proc.returncode}: " + " | ".join(tail),
                 "rows": [], "ratios": []}
     rows = suite_rows(json.loads(raw.read_text()))
-    return {"command": shlex.join(cmd), "exit_status": proc.returncode, "rows": rows, "ratios": ratios(rows)}
+    return {"command": shown, "exit_status": proc.returncode, "rows": rows, "ratios": ratios(rows)}
 
 
 def run_loss_memory(suite: Path, ns, log) -> list:
@@ -164,9 +169,25 @@ def run_loss_memory(suite: Path, ns, log) -> list:
         sys.path.remove(str(suite))
 
 
+def run_train_step(suite: Path, shapes, rounds, log) -> list:
+    """``bench_train_step.interleaved_compare`` for each shape (default: all of the suite's TRAIN_STEP)."""
+    import importlib
+
+    sys.path.insert(0, str(suite))
+    try:
+        train_bench = importlib.import_module("bench_train_step")
+        rows = []
+        for shape in shapes or list(train_bench.TRAIN_STEP):
+            log(f"train_step: {shape}, {rounds} interleaved rounds")
+            rows.append(train_bench.interleaved_compare(shape, rounds))
+        return rows
+    finally:
+        sys.path.remove(str(suite))
+
+
 def aot_rows(all_configs: bool) -> list:
     """Resources per (kernel config, arch) from ``clipfast.kernels._aot``: every config (``all_configs``), or
-    the first listed config of each kernel. Run with TRITON_INTERPRET unset."""
+    one config of each kernel (bf16 and head dim 64 preferred). Run with TRITON_INTERPRET unset."""
     import dataclasses
 
     from clipfast.kernels import _aot
@@ -175,11 +196,12 @@ def aot_rows(all_configs: bool) -> list:
         return _aot.compile_all(int(os.environ.get("MAX_JOBS", "2")))
     rows = []
     for module in _aot.kernel_modules():
-        seen = set()
-        for spec in module.aot_specs():
-            if spec.kernel.__name__ in seen:
-                continue
-            seen.add(spec.kernel.__name__)
+        chosen = {}
+        for spec in module.aot_specs():  # per kernel, a config CLIP trains with: bf16, head dim 64 where listed
+            score = ("bf16" in spec.label) * 2 + ("d64" in spec.label)
+            if spec.kernel.__name__ not in chosen or score > chosen[spec.kernel.__name__][0]:
+                chosen[spec.kernel.__name__] = (score, spec)
+        for _, spec in chosen.values():
             for arch in _aot.ARCHS:
                 row = {"module": module.__name__.rsplit(".", 1)[-1], "kernel": spec.kernel.__name__, "label": spec.label,
                        "arch": arch, "num_warps": spec.num_warps, "num_stages": spec.num_stages}
@@ -217,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", choices=("cpu", "gpu"), default=None,
                    help="bench/shapes.py set (default: gpu with CUDA, else cpu)")
     p.add_argument("--suite", default=None, help="the bench/ folder (default: the checkout's, beside clipfast)")
+    p.add_argument("--markdown", default=None, help="write the report here instead of OUT/report.md (links adjusted)")
     return p
 
 
@@ -242,7 +265,7 @@ def main(argv=None) -> int:
     def log(line):
         print(line, flush=True)
 
-    select, quick_ns, all_configs = SUBSETS[subset]
+    select, quick_ns, all_configs, train_shapes, train_rounds = SUBSETS[subset]
     if args.shapes:
         os.environ["CLIPFAST_BENCH_SHAPES"] = args.shapes
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -251,6 +274,8 @@ def main(argv=None) -> int:
                "suite": str(suite)}
     if "suite" in stages:
         results["suite_run"] = run_suite(suite, select, args.k, out, args.shapes, log)
+    if "train_step" in stages:
+        results["train_step"] = run_train_step(suite, train_shapes, train_rounds, log)
     if "loss_memory" in stages:
         results["loss_memory"] = run_loss_memory(suite, ns or quick_ns, log)
     if "aot" in stages:
@@ -262,7 +287,7 @@ def main(argv=None) -> int:
     results["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     from clipfast.train.bench_report import write_report
 
-    written = write_report(results, out)
+    written = write_report(results, out, args.markdown)
     log("wrote " + ", ".join(str(p) for p in written))
     failed = bool(results.get("suite_run", {}).get("error")) or any("error" in r for r in results.get("loss_memory", []))
     return 1 if failed else 0

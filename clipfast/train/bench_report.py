@@ -4,6 +4,7 @@ estimates at the GPU shapes of the suite's ``shapes.py`` with its ``costs.py`` c
 """
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,14 +93,35 @@ def _suite_section(run):
     return lines + [""]
 
 
-def _loss_section(rows):
+def _train_step_section(rows):
+    lines = ["## Train step: clipfast vs OpenCLIP, interleaved step by step", "",
+             "Forward, loss, backward, grad clip, AdamW (`bench_train_step.interleaved_compare`); median step time "
+             "over the rounds; peak memory of each provider's first step (optimizer state allocation included).", ""]
+    lines += _table(["model", "batch", "precision", "rounds", "provider", "samples/s", "median s", "first-step peak MiB",
+                     "speed ratio vs open_clip"],
+                    [(r["config"], r["batch"], r["precision"], r["rounds"], p, fmt(v["samples_per_s"]),
+                      fmt(v["median_s"]), fmt(None if v["first_step_peak_bytes"] is None else v["first_step_peak_bytes"] / MIB),
+                      fmt(r["ratio"]) if p == "clipfast" else "1")
+                     for r in rows for p, v in r["providers"].items()])
+    return lines + [""]
+
+
+def _all_ratios(results):
+    """The suite's ratios and the interleaved train-step ratios, for the chart."""
+    out = list(results.get("suite_run", {}).get("ratios", []))
+    out += [{"test": "train_step_interleaved", "case": f"{r['config']} batch {r['batch']}", "provider": "clipfast",
+             "baseline": "open_clip", "ratio": r["ratio"]} for r in results.get("train_step", [])]
+    return out
+
+
+def _loss_section(rows, prefix):
     lines = ["## Contrastive loss: peak extra memory vs N (forward + backward, gradients included)", "",
              "Each point in its own process on CPU (peak RSS above the inputs), CUDA allocator peak on a GPU.", ""]
     lines += _table(["provider", "N", "d", "dtype", "peak extra MiB", "seconds", "error"],
                     [(r["provider"], r["n"], r["d"], r.get("dtype", "-"),
                       fmt(None if r.get("peak_extra_bytes") is None else r["peak_extra_bytes"] / MIB),
                       fmt(r.get("seconds")), r.get("error", "")) for r in rows])
-    return lines + ["", "![loss memory vs N](loss_memory.png)", ""]
+    return lines + ["", f"![loss memory vs N]({prefix}loss_memory.png)", ""]
 
 
 def _aot_section(rows):
@@ -127,22 +149,25 @@ def _roofline_section(rows):
     return lines + [""]
 
 
-def render_markdown(results) -> str:
-    """The report of ``results`` (the dict written to results.json)."""
+def render_markdown(results, prefix="") -> str:
+    """The report of ``results`` (the dict written to results.json); ``prefix``: path from the report to the
+    folder of results.json and the PNGs ("" when beside them)."""
     m = results["machine"]
     lines = ["# clipfast benchmark report", "",
              f"Command: `{results['command']}` (subset `{results['subset']}`, {fmt(results.get('seconds'))} s)  ",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, GPU: {m['gpu'] or 'none'}; "
              f"torch {m['torch']}, Python {m['python']}, {m['os']}  ",
-             f"Started: {results['started']}; figures: `results.json` beside this file.", "",
+             f"Started: {results['started']}; figures: [`results.json`]({prefix}results.json).", "",
              "CPU timings are only comparable side by side within this run (a shared machine drifts); no GPU speed "
              "is claimed unless the machine line names a GPU. Roofline rows are estimates.", ""]
     if "suite_run" in results:
         lines += _suite_section(results["suite_run"])
-        if results["suite_run"].get("ratios"):
-            lines += ["![speed ratios](speed_ratios.png)", ""]
+    if results.get("train_step"):
+        lines += _train_step_section(results["train_step"])
+    if _all_ratios(results):
+        lines += [f"![speed ratios]({prefix}speed_ratios.png)", ""]
     if "loss_memory" in results:
-        lines += _loss_section(results["loss_memory"])
+        lines += _loss_section(results["loss_memory"], prefix)
     if "aot" in results:
         lines += _aot_section(results["aot"])
     if "roofline" in results:
@@ -195,16 +220,19 @@ def plot_speed_ratios(ratio_rows, path):
     return path
 
 
-def write_report(results, out_dir) -> list:
-    """Write results.json, report.md and the PNGs (those with data) under ``out_dir``; returns their paths."""
+def write_report(results, out_dir, markdown=None) -> list:
+    """Write results.json, the report (``markdown``, default ``out_dir``/report.md) and the PNGs (those with
+    data) under ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.json", out / "report.md"]
+    written = [out / "results.json", Path(markdown) if markdown else out / "report.md"]
+    written[1].parent.mkdir(parents=True, exist_ok=True)
+    prefix = os.path.relpath(out, written[1].parent).replace(os.sep, "/") + "/"
     written[0].write_text(json.dumps(results, indent=1, default=str))
     # Render from the JSON as written, so the report's figures are exactly the file's.
-    written[1].write_text(render_markdown(json.loads(written[0].read_text())))
+    written[1].write_text(render_markdown(json.loads(written[0].read_text()), "" if prefix == "./" else prefix))
     if results.get("loss_memory") and any(not r.get("error") for r in results["loss_memory"]):
         written.append(plot_loss_memory(results["loss_memory"], out / "loss_memory.png"))
-    if results.get("suite_run", {}).get("ratios"):
-        written.append(plot_speed_ratios(results["suite_run"]["ratios"], out / "speed_ratios.png"))
+    if _all_ratios(results):
+        written.append(plot_speed_ratios(_all_ratios(results), out / "speed_ratios.png"))
     return written
