@@ -156,15 +156,20 @@ def test_optimizer_mode(timed, benchmark, shape, mode):
 
 def interleaved_compare(shape, rounds):
     """clipfast vs open_clip at ``TRAIN_STEP[shape]``, steps interleaved (``harness.interleaved``) after a first
-    step each that gives its peak memory. Returns a JSON-able dict; ``ratio``: open_clip time / clipfast time."""
+    step each that gives its peak memory and FLOPs. Returns a JSON-able dict; ``ratio``: open_clip time / clipfast
+    time."""
     config, batch, _ = TRAIN_STEP[shape]
     steps = {p: make_step(p, shape)[0] for p in PROVIDERS}
-    peaks = {p: harness.peak_memory(step) for p, step in steps.items()}
+    peaks, flops = {}, {}
+    for p, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            peaks[p] = harness.peak_memory(step)
+        flops[p] = counter.get_total_flops()
     med = harness.interleaved(steps, rounds, warmup=0)
     return {"shape": shape, "config": config, "batch": batch, "precision": PRECISION, "rounds": rounds,
             "device": str(DEVICE), "threads": torch.get_num_threads(), "ratio": med["open_clip"] / med["clipfast"],
-            "providers": {p: {"median_s": med[p], "samples_per_s": batch / med[p], "first_step_peak_bytes": peaks[p]}
-                          for p in PROVIDERS}}
+            "providers": {p: {"median_s": med[p], "samples_per_s": batch / med[p], "first_step_peak_bytes": peaks[p],
+                              "flops": flops[p]} for p in PROVIDERS}}
 
 
 def main(argv=None):

@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     if "roofline" in stages:
         from clipfast.train.bench_report import roofline_rows
 
-        results["roofline"] = roofline_rows(suite, results.get("suite_run", {}).get("rows", []))
+        results["roofline"] = roofline_rows(suite, results.get("suite_run", {}).get("rows", []), results.get("train_step", []))
     results["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     from clipfast.train.bench_report import write_report
 

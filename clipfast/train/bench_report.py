@@ -44,9 +44,10 @@ def _param_count(config, part):
 ADAM_MODES = {"fp32 w, fp32 m/v": (4, 4, 8), "fp32 w, bf16 m/v": (4, 4, 4), "bf16 w (SR), bf16 m/v": (2, 2, 4)}
 
 
-def roofline_rows(suite, suite_rows=()):
+def roofline_rows(suite, suite_rows=(), train_rows=()):
     """Lower-bound seconds per (op, GPU shape, GPU) at datasheet peaks — estimates, not measurements. The train
-    step's FLOPs are the measured per-sample FLOPs of the suite run (``FlopCounterMode``) times the GPU batch."""
+    step's FLOPs are clipfast's measured per-sample FLOPs (``FlopCounterMode``, of the suite's ``test_train_step``
+    or else of the interleaved ``train_step`` stage) times the GPU batch."""
     shapes, costs = _suite_modules(suite)
     gpu = shapes.SETS["gpu"]
     work = []
@@ -63,10 +64,11 @@ def roofline_rows(suite, suite_rows=()):
     for name, (config, batch, _) in gpu["TRAIN_STEP"].items():
         measured = [r for r in suite_rows if r["test"] == "test_train_step" and r["variant"] == "clipfast"
                     and r["case"] == f"shape={name}" and r["extra_info"].get("flops")]
-        if measured:
-            info = measured[0]["extra_info"]
-            work.append((f"train step {config} (compute only)", f"{name} batch {batch}",
-                         info["flops"] / info["batch"] * batch, 0))
+        per_sample = [r["extra_info"]["flops"] / r["extra_info"]["batch"] for r in measured]
+        per_sample += [r["providers"]["clipfast"]["flops"] / r["batch"] for r in train_rows
+                       if r["shape"] == name and r["providers"]["clipfast"].get("flops")]
+        if per_sample:
+            work.append((f"train step {config} (compute only)", f"{name} batch {batch}", per_sample[0] * batch, 0))
     return [dict(op=op, shape=shape, gpu=g, flops=flops, bytes=nbytes, estimate=True, **costs.roofline(flops, nbytes, g))
             for op, shape, flops, nbytes in work for g in costs.GPUS]
 
@@ -208,14 +210,14 @@ def plot_loss_memory(rows, path):
 
 def plot_speed_ratios(ratio_rows, path):
     """Horizontal bars: baseline time / provider time per (test, case, provider); returns ``path``."""
-    fig = _figure(8, 0.8 + 0.32 * max(len(ratio_rows), 1))
+    fig = _figure(10, 1.2 + 0.32 * max(len(ratio_rows), 1))
     ax = fig.add_subplot()
     labels = [f"{r['test'].removeprefix('test_')} {r['case']} {r['provider']} vs {r['baseline']}" for r in ratio_rows]
     ax.barh(range(len(ratio_rows)), [r["ratio"] for r in ratio_rows], color="C0")
     ax.set_yticks(range(len(ratio_rows)), labels, fontsize=7)
     ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
     ax.invert_yaxis()
-    ax.set_xlabel("speed ratio (baseline time / provider time), same run")
+    ax.set_xlabel("baseline time / provider time (same run; > 1: faster)")
     fig.savefig(path, dpi=110)
     return path
 
