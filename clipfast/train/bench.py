@@ -169,6 +169,18 @@ def run_loss_memory(suite: Path, ns, log) -> list:
         sys.path.remove(str(suite))
 
 
+def optional_providers(suite: Path) -> dict:
+    """{provider: whether its package imports here} for the suite's optional providers (``harness.available``)."""
+    import importlib
+
+    sys.path.insert(0, str(suite))
+    try:
+        harness = importlib.import_module("harness")
+        return {name: harness.available(name) for name in harness.OPTIONAL_PROVIDERS}
+    finally:
+        sys.path.remove(str(suite))
+
+
 def run_train_step(suite: Path, shapes, rounds, log) -> list:
     """``bench_train_step.interleaved_compare`` for each shape (default: all of the suite's TRAIN_STEP)."""
     import importlib
@@ -271,7 +283,7 @@ def main(argv=None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     results = {"command": "clipfast bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "subset": subset, "stages": stages, "machine": machine(), "started": started.isoformat(timespec="seconds"),
-               "suite": str(suite)}
+               "suite": str(suite), "optional_providers": optional_providers(suite)}
     if "suite" in stages:
         results["suite_run"] = run_suite(suite, select, args.k, out, args.shapes, log)
     if "train_step" in stages:

@@ -151,6 +151,12 @@ def _roofline_section(rows):
     return lines + [""]
 
 
+def _providers(found):
+    have = [p for p, ok in found.items() if ok]
+    missing = [p for p, ok in found.items() if not ok]
+    return f"{', '.join(have) or 'none'}; not importable here (their cases skip): {', '.join(missing) or 'none'}."
+
+
 def render_markdown(results, prefix="") -> str:
     """The report of ``results`` (the dict written to results.json); ``prefix``: path from the report to the
     folder of results.json and the PNGs ("" when beside them)."""
@@ -159,7 +165,8 @@ def render_markdown(results, prefix="") -> str:
              f"Command: `{results['command']}` (subset `{results['subset']}`, {fmt(results.get('seconds'))} s)  ",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, GPU: {m['gpu'] or 'none'}; "
              f"torch {m['torch']}, Python {m['python']}, {m['os']}  ",
-             f"Started: {results['started']}; figures: [`results.json`]({prefix}results.json).", "",
+             f"Started: {results['started']}; figures: [`results.json`]({prefix}results.json).  ",
+             "Optional providers installed: " + _providers(results.get("optional_providers", {})), "",
              "CPU timings are only comparable side by side within this run (a shared machine drifts); no GPU speed "
              "is claimed unless the machine line names a GPU. Roofline rows are estimates.", ""]
     if "suite_run" in results:
