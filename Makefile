@@ -13,7 +13,7 @@ export MAX_JOBS ?= 2
 # Keep BLAS threads to the cores we have.
 export OMP_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: setup build test lint demo bench aot-report cmake-check clean
+.PHONY: setup build test lint demo bench bench-quick gpu-check gpu-check-dry-run aot-report cmake-check clean
 
 setup: $(VENV)/.deps
 build: $(VENV)/.built
@@ -53,6 +53,40 @@ demo: build
 
 bench: build
 	$(VENV)/bin/pytest bench --benchmark-only
+
+# clipfast bench --quick: a few minutes on CPU; JSON, Markdown report and PNGs under $(BENCH_OUT).
+BENCH_OUT ?= bench-report
+bench-quick: build
+	$(VENV)/bin/clipfast bench --quick --out $(BENCH_OUT)
+
+# make gpu-check, on a machine with one CUDA GPU (<= 8 min with the venv in place): builds clipfast._C for that
+# GPU's arch, runs every gpu-marked and CUDA-parametrised test on it (real Triton, no interpreter), then the
+# GPU-sized bench subset (clipfast bench --subset gpu-check: attention vs SDPA where bench_attention*.py exists,
+# the loss up to N = 32768 vs OpenCLIP, QuickGELU, AdamW, a ViT-B/32 train step). Everything lands in
+# $(GPU_CHECK_OUT): tests.xml + tests.log, bench/{results.json,report.md,*.png}. Without a GPU: one line, exit 2.
+# `make gpu-check-dry-run` runs both stages' commands here on CPU: the tests collected only, the bench subset at
+# CPU shapes.
+GPU_CHECK_OUT ?= gpu-check-$(shell date +%Y%m%d-%H%M%S)
+GPU_TESTS = CLIPFAST_TEST_NO_INTERPRET=1 $(VENV)/bin/pytest tests -k "gpu or cuda" -p no:cacheprovider -q
+GPU_BENCH = $(VENV)/bin/clipfast bench --subset gpu-check
+
+gpu-check:
+	$(if $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null),,$(error gpu-check: no CUDA GPU here (nvidia-smi finds none), nothing checked; run it on a machine with one))
+	$(MAKE) setup
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || \
+		{ echo "make gpu-check: nvidia-smi sees a GPU but torch.cuda.is_available() is False (driver vs torch CUDA $$($(PY) -c 'import torch; print(torch.version.cuda)'))."; exit 1; }
+	mkdir -p $(GPU_CHECK_OUT)
+	TORCH_CUDA_ARCH_LIST=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1) MAX_JOBS=$$(nproc) \
+		$(PIP) install --quiet --no-build-isolation --no-deps -e . 2>&1 | tee $(GPU_CHECK_OUT)/build.log
+	$(PY) -m clipfast.info | tee $(GPU_CHECK_OUT)/info.txt
+	$(GPU_TESTS) --junitxml=$(GPU_CHECK_OUT)/tests.xml 2>&1 | tee $(GPU_CHECK_OUT)/tests.log; \
+		status=$${PIPESTATUS[0]}; $(GPU_BENCH) --out $(GPU_CHECK_OUT)/bench; bench=$$?; \
+		echo "gpu-check: tests exit $$status, bench exit $$bench; everything in $(GPU_CHECK_OUT)"; \
+		test $$status -eq 0 -a $$bench -eq 0
+
+gpu-check-dry-run: build
+	$(GPU_TESTS) --collect-only
+	$(GPU_BENCH) --out $(GPU_CHECK_OUT)-dry-run
 
 # Resources (registers, shared, spills) of every Triton kernel config, compiled for sm_80 and sm_90.
 aot-report: build

@@ -27,20 +27,19 @@ pytest-benchmark times one provider after the other; for ratios on a shared CPU 
     python bench/bench_fused_adam.py --rounds 7        # the ratios of issue 15's "Done means" and bytes/param
 """
 import argparse
-import statistics
-import time
 
 import pytest
 import torch
 
-from shapes import DEVICE  # bench/ is on sys.path (its conftest.py)
+import costs
+import harness
+from shapes import DEVICE, FUSED_ADAM
 import clipfast
 from clipfast import backend
 from clipfast.optim import AdamW
 
 PROVIDERS = ["torch_foreach", "torch_fused", "clipfast_fp32", "clipfast_bf16", "clipfast_bf16sr", "torchao_bf16sr",
              "bnb_8bit"]
-SHAPES = {"vit_b32_visual": ("ViT-B-32", "visual")}
 HYPER = dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
 
 
@@ -71,11 +70,9 @@ def _make(provider, shapes, grads32, seed=0):
     elif provider == "clipfast_bf16sr":
         opt = AdamW(params, state_dtype=torch.bfloat16, stochastic_rounding=True, **HYPER)
     elif provider == "torchao_bf16sr":
-        torchao_optim = pytest.importorskip("torchao.optim")
-        opt = torchao_optim.AdamW(params, bf16_stochastic_round=True, **HYPER)
+        opt = harness.require(provider).AdamW(params, bf16_stochastic_round=True, **HYPER)
     elif provider == "bnb_8bit":
-        bnb = pytest.importorskip("bitsandbytes")
-        opt = bnb.optim.AdamW8bit(params, **HYPER)
+        opt = harness.require(provider).optim.AdamW8bit(params, **HYPER)
     else:
         raise ValueError(f"provider: expected one of {PROVIDERS}, got {provider!r}")
     return opt, params
@@ -105,26 +102,19 @@ def bytes_per_param(opt, params):
             state_bytes(opt, per_element=False) / n)
 
 
-def _moved_bytes(opt, params):
-    n = sum(p.numel() for p in params)
-    state, weights, _ = bytes_per_param(opt, params)
-    grads = params[0].grad.element_size()
-    return n * (2 * weights + grads + 2 * state)  # read w, g, m, v; write w, m, v
-
-
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", list(FUSED_ADAM))
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_fused_adam_step(timed, benchmark, provider, shape):
-    shapes = param_shapes(*SHAPES[shape])
+    shapes = param_shapes(*FUSED_ADAM[shape])
     opt, params = _make(provider, shapes, _grads(shapes))
     opt.step()  # allocates the state
     state, weights, other = bytes_per_param(opt, params)
-    benchmark.extra_info.update(state_bytes_per_param=state, weights_bytes_per_param=weights,
-                                per_tensor_state_bytes_per_param=other,
-                                n_params=sum(p.numel() for p in params),
-                                backend=backend.describe(backend.select("fused_adam", DEVICE), DEVICE))
+    n = sum(p.numel() for p in params)
     timed(opt.step)
-    benchmark.extra_info["gb_per_s"] = _moved_bytes(opt, params) / benchmark.stats.stats.mean / 1e9
+    _, moved = costs.fused_adam(n, weights, params[0].grad.element_size(), state)
+    harness.record(benchmark, bytes_moved=moved, state_bytes_per_param=state, weights_bytes_per_param=weights,
+                   per_tensor_state_bytes_per_param=other, n_params=n,
+                   backend=backend.describe(backend.select("fused_adam", DEVICE), DEVICE))
 
 
 def interleaved(providers, shapes, rounds):
@@ -137,17 +127,8 @@ def interleaved(providers, shapes, rounds):
             runs[name] = _make(name, shapes, grads)
         except pytest.skip.Exception as e:
             print(f"{name}: skipped ({e})")
-    for opt, _ in runs.values():
-        opt.step()
-    times = {name: [] for name in runs}
-    order = list(runs)
-    for r in range(rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
-            runs[name][0].step()
-            times[name].append(time.perf_counter() - start)
-    sizes = {name: bytes_per_param(*runs[name]) for name in runs}
-    return {name: statistics.median(t) for name, t in times.items()}, sizes
+    med = harness.interleaved({name: opt.step for name, (opt, _) in runs.items()}, rounds)
+    return med, {name: bytes_per_param(*runs[name]) for name in runs}
 
 
 def main(argv=None):

@@ -1,23 +1,21 @@
-"""Benchmarks share one helper: run a callable and synchronize CUDA inside the timed region."""
+"""bench/ is on sys.path (``from shapes import ...``, ``import harness``); the ``timed`` fixture is
+``harness.timed`` bound to pytest-benchmark's ``benchmark``."""
+import os
+import sys
+
 import pytest
-import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def synchronize():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+import harness  # noqa: E402
 
 
 @pytest.fixture
 def timed(benchmark):
-    """``timed(fn, *args)``: benchmark ``fn(*args)`` with CUDA synchronized inside the timed function."""
+    """``timed(fn, *args, rounds=None, **kwargs)``: ``harness.timed`` (CUDA synchronised inside the timed
+    function); ``rounds`` fixes the rounds for slow cases."""
 
     def run(fn, *args, **kwargs):
-        def call():
-            out = fn(*args, **kwargs)
-            synchronize()
-            return out
-
-        return benchmark(call)
+        return harness.timed(benchmark, fn, *args, **kwargs)
 
     return run

@@ -21,6 +21,7 @@ from pathlib import Path
 import clipfast
 from clipfast.loss import MODES as LOSS_MODES
 from clipfast.train import argtypes as T
+from clipfast.train import bench
 from clipfast.train import run
 from clipfast.train.config import PRECISIONS, TrainConfig
 from clipfast.train.data import DATASET_TYPES, expand_shards
@@ -137,7 +138,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfast", description="Train and evaluate CLIP models with clipfast's fused kernels.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}", required=True)
     train = sub.add_parser("train", help="train a CLIP (python -m clipfast.train is the same)",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     _add_common(train)
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "command"}
     for p in (train, ev):  # the defaults are TrainConfig's (eval gets the training ones too)
         p.set_defaults(**defaults)
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite, write a report (clipfast bench -h)")
     return parser
 
 
@@ -277,6 +279,9 @@ def validate(cfg: TrainConfig) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``clipfast`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own flags: clipfast.train.bench
+        return bench.main(argv[1:])
     try:
         cfg = parse_args(argv)
     except CliError as e:

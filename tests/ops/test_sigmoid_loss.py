@@ -170,3 +170,30 @@ def test_opcheck(backend_name):
     torch.library.opcheck(_sigmoid_loss_op, (i, t, s, b, 5, backend_name))
     torch.library.opcheck(_sigmoid_loss_backward_op,
                           (torch.tensor(1.0), i.detach(), t.detach(), s.detach(), b.detach(), None, backend_name))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d", [(1000, 512), (4097, 768)])
+def test_gpu_triton_matches_reference(monkeypatch, n, d, dtype):
+    """CUDA, the public op on the Triton kernels at CLIP batch sizes: loss and all four gradients against the
+    float64 full matrix — fp32 by the flash-attention rule, fp16/bf16 as ``test_half_features_at_scale_100``."""
+    from clipfast import backend
+
+    monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
+    assert backend.select("sigmoid_loss", torch.device("cuda")) == "triton"
+    i, t = (v.cuda() for v in _pairs(n, d, dtype))
+    inputs = (i, t, torch.tensor(10.0, device="cuda"), torch.tensor(-10.0, device="cuda"))
+    ours = _grads(sigmoid_loss, inputs)
+    exact = _grads(sigmoid_loss_ref, inputs, torch.float64)
+    assert all(torch.isfinite(g).all() for g in ours)
+    if dtype == torch.float32:
+        for name, o, r, e in zip(NAMES, ours, _grads(sigmoid_loss_ref, inputs), exact):
+            assert_matches_reference(o, r, e, name=name)
+        return
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
+    assert_close(ours[0], exact[0], dtype=torch.float32, name="loss")
+    for name, o, e in zip(NAMES[1:3], ours[1:3], exact[1:3]):
+        assert_close(o, e.to(dtype), dtype=dtype, name=name)
+    for name, o, e in zip(NAMES[3:], ours[3:], exact[3:]):
+        assert_close(o, e, dtype=torch.float32, name=name)
