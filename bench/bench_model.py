@@ -1,20 +1,33 @@
 """Whole-model benchmarks: ``clipfast.CLIP`` against ``open_clip.CLIP`` holding the same weights.
 
-Providers: ``clipfast`` and ``open_clip`` (same random weights, copied strictly). Modes: ``fwd`` (image + text
-features under ``no_grad``, eval mode) and ``fwd_bwd`` (train mode: forward, OpenCLIP ``ClipLoss``, backward —
-a training step without the optimizer). Shapes: ``MODEL`` in ``bench/shapes.py`` (ViT-B-32 and RN50 at a
-CPU-sized batch here; ``CLIPFAST_BENCH_BATCH=32`` overrides the batch). Text: random ids with EOT at 76.
+Providers: ``clipfast`` (padding-free text tower, ``text_varlen=True``, the default), ``clipfast_padded``
+(``text_varlen=False``: all L text tokens) and ``open_clip`` — same random weights (copied strictly), same
+inputs. Modes: ``fwd`` (image + text features under ``no_grad``, eval mode), ``fwd_bwd`` (train mode: forward,
+OpenCLIP ``ClipLoss``, backward — a training step without the optimizer) and ``text`` (the text tower alone:
+``encode_text`` forward + backward of a fixed linear loss, train mode). Shapes: ``MODEL`` in
+``bench/shapes.py`` (ViT-B-32 and RN50 at a CPU-sized batch here; ``CLIPFAST_BENCH_BATCH=32`` overrides the
+batch).
+
+Text (``TEXTS``): ``coco``, caption lengths drawn from ``caption_lengths`` below, or ``all77``, every caption
+77 tokens (the worst case, nothing to skip). Ids: SOT 49406, random content ids, EOT 49407, zeros after.
+
+Caption-length distribution (``coco``). Source: MS COCO captions average about 10.5 words, with nearly all
+between 8 and 20 words (Chen et al. 2015, "Microsoft COCO Captions: Data Collection and Evaluation Server",
+arXiv:1504.00325; quoted from knowledge, not re-measured here). CLIP's BPE splits English caption words into
+~1.2 tokens each (an estimate), and adds SOT and EOT, so a caption has ~15 tokens. Modelled as
+``length = 3 + Poisson(12)`` tokens (mean 15, sd 3.5), clipped to ``[2, 77]``, from a seeded generator.
 
 ``extra_info``: ``samples_per_s`` (batch / mean time), ``gflop`` (FLOPs of one call, ``FlopCounterMode``),
-``saved_mb`` (activations saved for backward, fwd_bwd only: a deterministic proxy of training memory),
-``peak_mb`` (CUDA: the caching allocator's peak during one call).
+``saved_mb`` (activations saved for backward), ``peak_mb`` (peak live tensor memory during one call: the CUDA
+caching allocator's peak on CUDA; on CPU the torch profiler's memory timeline, parameters and gradients
+included), ``text_tokens`` (mean caption length).
 
-Run: ``pytest bench/bench_model.py --benchmark-only --benchmark-group-by=param:shape,param:mode``.
+Run: ``pytest bench/bench_model.py --benchmark-only --benchmark-group-by=param:shape,param:text,param:mode``.
 
 pytest-benchmark times one provider after the other, so slow drift of a shared CPU (thermal, other jobs)
 lands on one side. For a ratio, interleave the providers step by step:
 
-    python bench/bench_model.py --batch 32 --rounds 7          # fwd_bwd, ViT-B-32 and RN50, median ratio
+    python bench/bench_model.py --batch 32 --rounds 5 --modes fwd_bwd,text --texts coco,all77 --memory
 """
 import argparse
 import os
@@ -30,30 +43,47 @@ import clipfast
 
 open_clip = pytest.importorskip("open_clip")
 
-PROVIDERS = ["clipfast", "open_clip"]
-MODES = ["fwd", "fwd_bwd"]
+PROVIDERS = ["clipfast", "clipfast_padded", "open_clip"]
+MODES = ["fwd", "fwd_bwd", "text"]
+TEXTS = ["coco", "all77"]
+SOT, EOT, CONTEXT = 49406, 49407, 77
 _CACHE = {}
 
 
+def caption_lengths(batch, text, generator):
+    """(batch,) caption lengths in tokens incl. SOT/EOT: ``3 + Poisson(12)`` clipped to [2, 77] (see the module
+    docstring for the source), or all 77."""
+    if text == "all77":
+        return torch.full((batch,), CONTEXT, dtype=torch.long)
+    return (3 + torch.poisson(torch.full((batch,), 12.0), generator=generator)).clamp(2, CONTEXT).long()
+
+
 def _models(config):
-    """(open_clip model, clipfast model) with the same weights, built once per config."""
+    """{provider: model}, the same weights, built once per config."""
     if config not in _CACHE:
-        _CACHE.clear()  # keep one pair alive at a time
+        _CACHE.clear()  # keep one set alive at a time
         torch.manual_seed(0)
         ref = open_clip.model.CLIP(**clipfast.get_model_config(config)).to(DEVICE)
-        ours = clipfast.CLIP(**clipfast.get_model_config(config)).to(DEVICE)
-        ours.load_state_dict(ref.state_dict(), strict=True)
-        _CACHE[config] = {"open_clip": ref, "clipfast": ours}
+        models = {"open_clip": ref}
+        for name, varlen in (("clipfast", True), ("clipfast_padded", False)):
+            models[name] = clipfast.CLIP(**clipfast.get_model_config(config), text_varlen=varlen).to(DEVICE)
+            models[name].load_state_dict(ref.state_dict(), strict=True)
+        _CACHE[config] = models
     return _CACHE[config]
 
 
-def _inputs(model, batch):
+def _inputs(model, batch, text_kind):
+    """(image, text ids (B, 77)) from a fixed seed: every provider gets the same batch."""
+    generator = torch.Generator().manual_seed(1)
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
-    image = torch.randn(batch, 3, size, size, device=DEVICE)
-    text = torch.randint(1, 49405, (batch, model.context_length), device=DEVICE)
-    text[:, -1] = 49407
-    return image, text
+    image = torch.randn(batch, 3, size, size, generator=generator)
+    text = torch.randint(1, SOT, (batch, CONTEXT), generator=generator)
+    text[:, 0] = SOT
+    for i, n in enumerate(caption_lengths(batch, text_kind, generator).tolist()):
+        text[i, n - 1] = EOT
+        text[i, n:] = 0
+    return image.to(DEVICE), text.to(DEVICE)
 
 
 def _step_fn(model, mode, image, text):
@@ -66,6 +96,16 @@ def _step_fn(model, mode, image, text):
                 return model(image, text)
         return fwd
     model.train()
+    if mode == "text":
+        weight = torch.randn(text.shape[0], model.text_projection.shape[1],
+                             generator=torch.Generator().manual_seed(2)).to(DEVICE)
+
+        def text_fwd_bwd():
+            model.zero_grad(set_to_none=True)
+            loss = (model.encode_text(text, normalize=True) * weight).sum()
+            loss.backward()
+            return loss
+        return text_fwd_bwd
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
@@ -86,62 +126,87 @@ def _saved_bytes(fn):
     return total[0]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("shape", list(MODEL))
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_model(timed, benchmark, provider, shape, mode):
-    config, batch = MODEL[shape]
-    batch = int(os.environ.get("CLIPFAST_BENCH_BATCH", batch))
-    model = _models(config)[provider]
-    image, text = _inputs(model, batch)
-    fn = _step_fn(model, mode, image, text)
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    benchmark.extra_info["gflop"] = counter.get_total_flops() / 1e9
-    if mode == "fwd_bwd":
-        benchmark.extra_info["saved_mb"] = _saved_bytes(fn) / 2 ** 20
+def peak_bytes(fn):
+    """Peak live tensor bytes during one ``fn()`` (CUDA: allocator peak; CPU: profiler memory timeline)."""
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         fn()
         torch.cuda.synchronize()
-        benchmark.extra_info["peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        return torch.cuda.max_memory_allocated()
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(DEVICE)
+    return max((sum(s) for s in sizes), default=0)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", list(MODEL))
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_model(timed, benchmark, provider, shape, mode, text):
+    config, batch = MODEL[shape]
+    batch = int(os.environ.get("CLIPFAST_BENCH_BATCH", batch))
+    model = _models(config)[provider]
+    image, ids = _inputs(model, batch, text)
+    fn = _step_fn(model, mode, image, ids)
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    benchmark.extra_info["gflop"] = counter.get_total_flops() / 1e9
+    if mode != "fwd":
+        benchmark.extra_info["saved_mb"] = _saved_bytes(fn) / 2 ** 20
+    benchmark.extra_info["peak_mb"] = peak_bytes(fn) / 2 ** 20
     benchmark.extra_info["batch"] = batch
+    benchmark.extra_info["text_tokens"] = (ids.argmax(-1) + 1).float().mean().item()
     timed(fn)
     benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.mean
 
 
-def interleaved(configs, batch, rounds, mode="fwd_bwd"):
-    """Median seconds per step of each provider, timing clipfast and open_clip alternately after a warm-up
-    step each. Returns {config: {provider: median_s}}."""
-    results = {}
-    for config in configs:
-        pair = _models(config)
-        fns = {name: _step_fn(model, mode, *_inputs(model, batch)) for name, model in pair.items()}
-        times = {name: [] for name in fns}
-        for fn in fns.values():
-            fn()
-        for r in range(rounds):
-            for name in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1]):
-                start = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - start)
-        results[config] = {name: statistics.median(t) for name, t in times.items()}
+def interleaved(config, batch, rounds, mode, text, memory=False):
+    """Median seconds per step of each provider, timing them in turn (order alternating each round) after a
+    warm-up step each. Returns {provider: {"s": median_s, "peak_mb": ... (with ``memory``)}}."""
+    models = _models(config)
+    image, ids = _inputs(models["open_clip"], batch, text)
+    fns = {name: _step_fn(model, mode, image, ids) for name, model in models.items()}
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for r in range(rounds):
+        for name in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    results = {name: {"s": statistics.median(t)} for name, t in times.items()}
+    if memory:
+        for name, fn in fns.items():
+            results[name]["peak_mb"] = peak_bytes(fn) / 2 ** 20
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="clipfast vs open_clip training step, interleaved (CPU ratios)")
+    parser = argparse.ArgumentParser(description="clipfast vs open_clip, providers interleaved (CPU ratios)")
     parser.add_argument("--configs", default="ViT-B-32,RN50")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--mode", choices=MODES, default="fwd_bwd")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--modes", default="fwd_bwd,text", help=f"comma-separated, of {MODES}")
+    parser.add_argument("--texts", default="coco,all77", help=f"comma-separated, of {TEXTS}")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory (one extra step each)")
     args = parser.parse_args(argv)
-    results = interleaved(args.configs.split(","), args.batch, args.rounds, args.mode)
-    for config, t in results.items():
-        print(f"{config} {args.mode} batch {args.batch} on {DEVICE} ({torch.get_num_threads()} threads): "
-              f"clipfast {args.batch / t['clipfast']:.2f} samples/s, open_clip {args.batch / t['open_clip']:.2f}"
-              f" samples/s, ratio {t['open_clip'] / t['clipfast']:.3f}x")
+    for config in args.configs.split(","):
+        for text in args.texts.split(","):
+            mean_len = (_inputs(_models(config)["open_clip"], args.batch, text)[1].argmax(-1) + 1).float().mean()
+            for mode in args.modes.split(","):
+                r = interleaved(config, args.batch, args.rounds, mode, text, args.memory)
+                sps = {name: args.batch / v["s"] for name, v in r.items()}
+                mem = "".join(f", {n} peak {v['peak_mb']:.0f} MB" for n, v in r.items() if "peak_mb" in v)
+                print(f"{config} {mode} text={text} (mean {mean_len:.1f} tokens) batch {args.batch} on {DEVICE} "
+                      f"({torch.get_num_threads()} threads, {args.rounds} rounds): "
+                      + ", ".join(f"{n} {s:.2f} samples/s" for n, s in sps.items())
+                      + f"; clipfast/open_clip {sps['clipfast'] / sps['open_clip']:.3f}x, clipfast/padded "
+                      f"{sps['clipfast'] / sps['clipfast_padded']:.3f}x" + mem, flush=True)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ class CLIP(nn.Module):
             per caption (``pool_type`` ``argmax``/``eos``/``first``), ``encode_text`` runs only tokens
             ``0 .. pooled`` of each caption, packed without padding (length buckets on CPU, the varlen attention
             kernel on CUDA): the same outputs and gradients as the padded path up to rounding order, at a
-            fraction of the cost for short captions (it reads the lengths on the host once per call).
+            fraction of the cost for short captions (it reads the lengths on the host once per call; a batch
+            whose captions all fill L runs the padded path, the same work without the gathers).
             ``False`` computes all L tokens (the padded path, for comparison). Non-causal towers and
             ``pool_type="last"`` always take the padded path.
 
@@ -168,10 +169,13 @@ class CLIP(nn.Module):
                              f"got {tuple(text.shape)}")
         cast_dtype = self.transformer.get_cast_dtype()
         index, kv_len = self._text_pool_index(text)
+        layout = None
         if self.text_varlen and self.text_causal and self.text_pool_type != "last":
-            # Causal and pooled at `index`: tokens after it never reach the output; pack tokens 0 .. index.
+            # Causal and pooled at `index`: tokens after it never reach the output; pack tokens 0 .. index
+            # (unless every caption is full: then the padded path is the same work without the gathers).
             kernel = backend.select("attention", text.device) == "triton"
             layout = VarlenLayout(index + 1, text.shape[1], kernel=kernel)
+        if layout is not None and layout.num_tokens < text.numel():
             x = self.token_embedding(text.reshape(-1)[layout.token_index]).to(cast_dtype)  # (T, W)
             x = x + self.positional_embedding[layout.positions].to(cast_dtype)
             x = self.transformer.forward_varlen(x, layout)  # (B, W)
