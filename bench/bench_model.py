@@ -28,6 +28,7 @@ pytest-benchmark times one provider after the other, so slow drift of a shared C
 lands on one side. For a ratio, interleave the providers step by step:
 
     python bench/bench_model.py --batch 32 --rounds 5 --modes fwd_bwd,text --texts coco,all77 --memory
+    python bench/bench_model.py --configs ViT-B-32 --modes fwd_bwd --texts coco --providers clipfast,open_clip
 """
 import argparse
 import os
@@ -165,17 +166,17 @@ def test_model(timed, benchmark, provider, shape, mode, text):
     benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.mean
 
 
-def interleaved(config, batch, rounds, mode, text, memory=False):
+def interleaved(config, batch, rounds, mode, text, memory=False, providers=PROVIDERS):
     """Median seconds per step of each provider, timing them in turn (order alternating each round) after a
     warm-up step each. Returns {provider: {"s": median_s, "peak_mb": ... (with ``memory``)}}."""
     models = _models(config)
     image, ids = _inputs(models["open_clip"], batch, text)
-    fns = {name: _step_fn(model, mode, image, ids) for name, model in models.items()}
+    fns = {name: _step_fn(models[name], mode, image, ids) for name in providers}
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for r in range(rounds):
-        for name in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1]):
+        for name in (providers if r % 2 == 0 else providers[::-1]):
             start = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)
@@ -193,20 +194,22 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", default="fwd_bwd,text", help=f"comma-separated, of {MODES}")
     parser.add_argument("--texts", default="coco,all77", help=f"comma-separated, of {TEXTS}")
+    parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated, of {PROVIDERS}")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (one extra step each)")
     args = parser.parse_args(argv)
     for config in args.configs.split(","):
         for text in args.texts.split(","):
             mean_len = (_inputs(_models(config)["open_clip"], args.batch, text)[1].argmax(-1) + 1).float().mean()
             for mode in args.modes.split(","):
-                r = interleaved(config, args.batch, args.rounds, mode, text, args.memory)
+                r = interleaved(config, args.batch, args.rounds, mode, text, args.memory, args.providers.split(","))
                 sps = {name: args.batch / v["s"] for name, v in r.items()}
+                ratios = [f"clipfast/{other} {sps['clipfast'] / sps[other]:.3f}x" for other in sps
+                          if other != "clipfast" and "clipfast" in sps]
                 mem = "".join(f", {n} peak {v['peak_mb']:.0f} MB" for n, v in r.items() if "peak_mb" in v)
                 print(f"{config} {mode} text={text} (mean {mean_len:.1f} tokens) batch {args.batch} on {DEVICE} "
                       f"({torch.get_num_threads()} threads, {args.rounds} rounds): "
-                      + ", ".join(f"{n} {s:.2f} samples/s" for n, s in sps.items())
-                      + f"; clipfast/open_clip {sps['clipfast'] / sps['open_clip']:.3f}x, clipfast/padded "
-                      f"{sps['clipfast'] / sps['clipfast_padded']:.3f}x" + mem, flush=True)
+                      + ", ".join(f"{n} {s:.2f} samples/s" for n, s in sps.items()) + "; " + ", ".join(ratios)
+                      + mem, flush=True)
 
 
 if __name__ == "__main__":
