@@ -1,8 +1,9 @@
 """Whole-model benchmarks: ``clipfast.CLIP`` against ``open_clip.CLIP`` holding the same weights.
 
 Providers: ``clipfast`` (padding-free text tower, ``text_varlen=True``, the default), ``clipfast_padded``
-(``text_varlen=False``: all L text tokens) and ``open_clip`` — same random weights (copied strictly), same
-inputs. Modes: ``fwd`` (image + text features under ``no_grad``, eval mode), ``fwd_bwd`` (train mode: forward,
+(``text_varlen=False``: all L text tokens), ``clipfast_trimmed`` (the padded path on the batch trimmed to
+``max(eot) + 1`` tokens, the simplest alternative to packing) and ``open_clip`` — same random weights (copied
+strictly), same inputs. Modes: ``fwd`` (image + text features under ``no_grad``, eval mode), ``fwd_bwd`` (train mode: forward,
 OpenCLIP ``ClipLoss``, backward — a training step without the optimizer) and ``text`` (the text tower alone:
 ``encode_text`` forward + backward of a fixed linear loss, train mode). Shapes: ``MODEL`` in
 ``bench/shapes.py`` (ViT-B-32 and RN50 at a CPU-sized batch here; ``CLIPFAST_BENCH_BATCH=32`` overrides the
@@ -29,6 +30,7 @@ lands on one side. For a ratio, interleave the providers step by step:
 
     python bench/bench_model.py --batch 32 --rounds 5 --modes fwd_bwd,text --texts coco,all77 --memory
     python bench/bench_model.py --configs ViT-B-32 --modes fwd_bwd --texts coco --providers clipfast,open_clip
+    python bench/bench_model.py --attention --rounds 15   # CPU mechanisms of the varlen attention, one layer
 """
 import argparse
 import os
@@ -37,6 +39,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from shapes import DEVICE, MODEL  # bench/ is on sys.path (its conftest.py)
@@ -44,7 +47,7 @@ import clipfast
 
 open_clip = pytest.importorskip("open_clip")
 
-PROVIDERS = ["clipfast", "clipfast_padded", "open_clip"]
+PROVIDERS = ["clipfast", "clipfast_padded", "clipfast_trimmed", "open_clip"]
 MODES = ["fwd", "fwd_bwd", "text"]
 TEXTS = ["coco", "all77"]
 SOT, EOT, CONTEXT = 49406, 49407, 77
@@ -69,8 +72,14 @@ def _models(config):
         for name, varlen in (("clipfast", True), ("clipfast_padded", False)):
             models[name] = clipfast.CLIP(**clipfast.get_model_config(config), text_varlen=varlen).to(DEVICE)
             models[name].load_state_dict(ref.state_dict(), strict=True)
+        models["clipfast_trimmed"] = models["clipfast_padded"]
         _CACHE[config] = models
     return _CACHE[config]
+
+
+def _provider_text(provider, text):
+    """The ids a provider gets: ``clipfast_trimmed`` drops the columns after the longest caption."""
+    return text[:, :int(text.argmax(-1).max()) + 1] if provider == "clipfast_trimmed" else text
 
 
 def _inputs(model, batch, text_kind):
@@ -153,7 +162,7 @@ def test_model(timed, benchmark, provider, shape, mode, text):
     batch = int(os.environ.get("CLIPFAST_BENCH_BATCH", batch))
     model = _models(config)[provider]
     image, ids = _inputs(model, batch, text)
-    fn = _step_fn(model, mode, image, ids)
+    fn = _step_fn(model, mode, image, _provider_text(provider, ids))
     with FlopCounterMode(display=False) as counter:
         fn()
     benchmark.extra_info["gflop"] = counter.get_total_flops() / 1e9
@@ -166,25 +175,91 @@ def test_model(timed, benchmark, provider, shape, mode, text):
     benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.mean
 
 
-def interleaved(config, batch, rounds, mode, text, memory=False, providers=PROVIDERS):
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def interleaved(config, batch, rounds, mode, text, memory=False, providers=PROVIDERS, clock="wall"):
     """Median seconds per step of each provider, timing them in turn (order alternating each round) after a
-    warm-up step each. Returns {provider: {"s": median_s, "peak_mb": ... (with ``memory``)}}."""
+    warm-up step each. ``clock="process"`` times the CPU seconds of this process instead of wall time (on a
+    CPU shared with other jobs, with one thread, it does not count the time the job waits for a core).
+    Returns {provider: {"s": median_s, "peak_mb": ... (with ``memory``)}}."""
+    now = CLOCKS[clock]
     models = _models(config)
     image, ids = _inputs(models["open_clip"], batch, text)
-    fns = {name: _step_fn(models[name], mode, image, ids) for name in providers}
+    fns = {name: _step_fn(models[name], mode, image, _provider_text(name, ids)) for name in providers}
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for r in range(rounds):
         for name in (providers if r % 2 == 0 else providers[::-1]):
-            start = time.perf_counter()
+            start = now()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     results = {name: {"s": statistics.median(t)} for name, t in times.items()}
     if memory:
         for name, fn in fns.items():
             results[name]["peak_mb"] = peak_bytes(fn) / 2 ** 20
     return results
+
+
+def _attention_options(lengths, heads=8, head_dim=64):
+    """{name: fn(qkv (T, 3, H, D)) -> (T, H, D)}: the CPU mechanisms for causal attention of packed captions."""
+    from clipfast.nn import varlen
+    from clipfast.ops.attention import attention_varlen_qkvpacked_ref
+
+    lengths = torch.as_tensor(lengths)
+    buckets = varlen.VarlenLayout(lengths, CONTEXT, kernel=False)
+    cost, varlen.BUCKET_COST = varlen.BUCKET_COST, float("inf")
+    one = varlen.VarlenLayout(lengths, CONTEXT, kernel=False)
+    varlen.BUCKET_COST = cost
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    pos = torch.arange(len(seq))
+    mask = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])  # (T, T) block-diagonal causal
+
+    def block_diagonal(qkv):
+        q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # (H, T, D)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)
+
+    def nested(qkv):
+        offsets = buckets.cu_seqlens.long()
+        q, k, v = (torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets).transpose(1, 2)
+                   for t in qkv.unbind(1))  # (B, H, j, D)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).values()
+
+    return {"per_sequence": lambda qkv: attention_varlen_qkvpacked_ref(qkv, buckets.cu_seqlens, buckets.max_seqlen,
+                                                                       causal=True),
+            "one_bucket": lambda qkv: varlen.varlen_attention(qkv, one),
+            f"dp_buckets({len(buckets.buckets)})": lambda qkv: varlen.varlen_attention(qkv, buckets),
+            "block_diagonal_mask": block_diagonal, "nested_jagged": nested}
+
+
+def attention_options(batch, rounds, texts=("coco", "coco_tail", "all77")):
+    """Interleaved fwd+bwd time of each causal varlen attention mechanism (one text layer, H=8, D=64, fp32).
+    ``coco_tail``: the coco mix with one 77-token caption. Prints one line per text."""
+    for text in texts:
+        lengths = caption_lengths(batch, "all77" if text == "all77" else "coco", torch.Generator().manual_seed(1))
+        if text == "coco_tail":
+            lengths[0] = CONTEXT
+        fns = _attention_options(lengths)
+        qkv = torch.randn(int(lengths.sum()), 3, 8, 64, requires_grad=True)
+        grad = torch.randn(int(lengths.sum()), 8, 64)
+        expected = fns["per_sequence"](qkv)
+        failed = {}
+        for name, fn in list(fns.items()):
+            try:
+                torch.testing.assert_close(fn(qkv), expected, rtol=1e-5, atol=1e-5)
+            except Exception as error:  # report, don't time, a mechanism that fails here
+                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+                del fns[name]
+        times = {name: [] for name in fns}
+        for r in range(rounds):
+            for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
+                start = time.perf_counter()
+                fn(qkv).backward(grad)
+                times[name].append(time.perf_counter() - start)
+        print(f"attention fwd+bwd text={text} (T={int(lengths.sum())}, max {int(lengths.max())}) batch {batch}, "
+              f"{rounds} rounds: " + ", ".join(f"{n} {statistics.median(t) * 1e3:.2f} ms" for n, t in times.items())
+              + "".join(f"; {n} failed ({e})" for n, e in failed.items()), flush=True)
 
 
 def main(argv=None):
@@ -196,18 +271,25 @@ def main(argv=None):
     parser.add_argument("--texts", default="coco,all77", help=f"comma-separated, of {TEXTS}")
     parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated, of {PROVIDERS}")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (one extra step each)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="process: CPU seconds of this process (use with OMP_NUM_THREADS=1 on a shared CPU)")
+    parser.add_argument("--attention", action="store_true",
+                        help="instead: compare the CPU mechanisms of causal varlen attention (one layer)")
     args = parser.parse_args(argv)
+    if args.attention:
+        return attention_options(args.batch, args.rounds)
     for config in args.configs.split(","):
         for text in args.texts.split(","):
             mean_len = (_inputs(_models(config)["open_clip"], args.batch, text)[1].argmax(-1) + 1).float().mean()
             for mode in args.modes.split(","):
-                r = interleaved(config, args.batch, args.rounds, mode, text, args.memory, args.providers.split(","))
+                r = interleaved(config, args.batch, args.rounds, mode, text, args.memory, args.providers.split(","),
+                                args.clock)
                 sps = {name: args.batch / v["s"] for name, v in r.items()}
                 ratios = [f"clipfast/{other} {sps['clipfast'] / sps[other]:.3f}x" for other in sps
                           if other != "clipfast" and "clipfast" in sps]
                 mem = "".join(f", {n} peak {v['peak_mb']:.0f} MB" for n, v in r.items() if "peak_mb" in v)
                 print(f"{config} {mode} text={text} (mean {mean_len:.1f} tokens) batch {args.batch} on {DEVICE} "
-                      f"({torch.get_num_threads()} threads, {args.rounds} rounds): "
+                      f"({torch.get_num_threads()} threads, {args.rounds} rounds, {args.clock} clock): "
                       + ", ".join(f"{n} {s:.2f} samples/s" for n, s in sps.items()) + "; " + ", ".join(ratios)
                       + mem, flush=True)
 

@@ -14,10 +14,21 @@ Attention mechanisms (``VarlenLayout(..., kernel=...)``):
   longest member (zero rows), runs one causal ``clipfast.ops.attention_qkvpacked`` and keeps the real rows.
   Causality makes the zero rows after a sequence invisible to its real queries, so the result is exact.
   Buckets are chosen by a small dynamic program over the sorted lengths that minimises
-  ``sum_b (n_b * L_b**2 + BUCKET_COST)``: padding waste against a per-call cost. Measured on the 2-core CPU
-  (B = 32, H = 8, D = 64, fwd+bwd of one layer), one padded bucket beat a per-sequence SDPA loop 2.1x on
-  short captions but lost 3.4x when one caption had 77 tokens; 4 sorted buckets then won. The DP picks one
-  bucket for similar lengths and splits off long tails.
+  ``sum_b (n_b * L_b**2 + BUCKET_COST)``: padding waste against a per-call cost.
+
+Why buckets on CPU (``python bench/bench_model.py --attention --rounds 15`` with ``OMP_NUM_THREADS=1``: one
+layer's causal attention fwd+bwd, B = 32, H = 8, D = 64, fp32, mechanisms interleaved; 2026-12-01, 2-core box)::
+
+    captions          per-sequence SDPA  one padded bucket  DP buckets      block-diagonal mask (T, T)
+    COCO mix (T=483)  17.2 ms            13.5 ms            9.2 ms (2)      42.4 ms
+    mix + one 77      24.4 ms            104.6 ms           14.9 ms (3)     56.5 ms
+    all 77 (T=2464)   133.1 ms           56.1 ms            55.3 ms (1)     1019 ms
+
+Nested jagged tensors with SDPA failed on this CUDA build of torch without a GPU (``CUDA driver version is
+insufficient``). Attention is a small part of a layer (at T = 471 with 2 threads its linear layers took ~45 ms
+fwd+bwd, one padded bucket of attention 2.6 ms), so what packing saves is the linear/MLP work on padding:
+packed T rows beat trimming the batch to ``max(eot) + 1`` (B * max rows) — ``bench/bench_model.py``'s
+``clipfast_trimmed`` provider.
 
 Host synchronisation: the layout reads the lengths on the host (once per forward; the packed size T is a
 shape). ``torch.compile`` breaks the graph there.
@@ -29,7 +40,7 @@ from clipfast.ops.attention import attention_qkvpacked, attention_varlen_qkvpack
 __all__ = ["VarlenLayout", "varlen_attention", "BUCKET_COST"]
 
 # Cost of one extra bucket, in query-key pairs of one sequence (measured: ~0.4 ms per bucket fwd+bwd, SDPA call
-# plus gathers, vs ~95 ns per pair at H = 8, D = 64 on the 2-core CPU; bench notes in the module docstring).
+# plus gathers, vs ~95 ns per pair at H = 8, D = 64 on the 2-core CPU; figures in the module docstring).
 BUCKET_COST = 5000
 
 
