@@ -5,7 +5,9 @@ Image tower: ``VisionTransformer`` (``vision_cfg.layers`` an int) or ``ModifiedR
 Text tower (attributes of the model itself, as in OpenCLIP): ``token_embedding``, ``positional_embedding``,
 ``transformer``, ``ln_final``, ``text_projection (W_t, E)`` used as ``x @ P``. Text attention is causal through
 ``is_causal`` (no mask tensor); the pooled token is the argmax of the ids (EOT), and only that token runs the
-last block. Logits: ``logit_scale.exp() * img @ txt.T (+ logit_bias)``.
+last block. With ``text_varlen`` (default) a causal tower pooled at EOT computes only tokens ``0 .. eot`` of each
+caption, packed (``clipfast.nn.varlen``): the tokens after EOT cannot reach the output. Logits:
+``logit_scale.exp() * img @ txt.T (+ logit_bias)``.
 """
 import copy
 import math
@@ -14,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipfast import backend
 from clipfast.configs import TextConfig, VisionConfig, check_supported, to_config
 from clipfast.nn.attention import Transformer
 from clipfast.nn.layer_norm import LayerNorm
 from clipfast.nn.resnet import ModifiedResNet
+from clipfast.nn.varlen import VarlenLayout
 from clipfast.nn.vision import VisionTransformer
 from clipfast.precision import convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: F401 (open_clip.model)
 
@@ -27,6 +31,7 @@ __all__ = ["CLIP", "CustomTextCLIP", "CLIPVisionCfg", "CLIPTextCfg", "trace_mode
 # OpenCLIP's names for the config dataclasses (same fields and defaults).
 CLIPVisionCfg, CLIPTextCfg = VisionConfig, TextConfig
 convert_weights_to_fp16 = convert_weights_to_lp  # OpenCLIP's backwards-compatible alias
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature: logit_scale.exp() = 1 / 0.07
 
 
 def _build_vision_tower(embed_dim, cfg, quick_gelu):
@@ -52,13 +57,22 @@ class CLIP(nn.Module):
         cast_dtype: the low-precision dtype of ``fp16``/``bf16`` precision modes; clipfast's LayerNorm always
             computes in fp32, so it only needs to be a valid dtype or None.
         output_dict: ``forward`` returns a dict instead of a tuple.
+        text_varlen: padding-free text tower (default True). When the text tower is causal and pools one token
+            per caption (``pool_type`` ``argmax``/``eos``/``first``), ``encode_text`` runs only tokens
+            ``0 .. pooled`` of each caption, packed without padding (length buckets on CPU, the varlen attention
+            kernel on CUDA): the same outputs and gradients as the padded path up to rounding order, at a
+            fraction of the cost for short captions (it reads the lengths on the host once per call; a batch
+            whose captions all fill L runs the padded path, the same work without the gathers).
+            ``False`` computes all L tokens (the padded path, for comparison). Non-causal towers and
+            ``pool_type="last"`` always take the padded path.
 
     Shapes:
         image ``(B, 3, S, S)``, text ``(B, L)`` integer ids with ``L <= context_length``; features ``(B, E)``.
     """
 
-    def __init__(self, embed_dim, vision_cfg, text_cfg, quick_gelu=False, init_logit_scale=math.log(1 / 0.07),
-                 init_logit_bias=None, nonscalar_logit_scale=False, cast_dtype=None, output_dict=False):
+    def __init__(self, embed_dim, vision_cfg, text_cfg, quick_gelu=False, init_logit_scale=INIT_LOGIT_SCALE,
+                 init_logit_bias=None, nonscalar_logit_scale=False, cast_dtype=None, output_dict=False, *,
+                 text_varlen=True):
         super().__init__()
         vision_cfg, text_cfg = to_config(vision_cfg, VisionConfig), to_config(text_cfg, TextConfig)
         check_supported(vision_cfg, text_cfg)
@@ -73,6 +87,7 @@ class CLIP(nn.Module):
         self.text_pool_type = text_cfg.pool_type
         self.text_eos_id = text_cfg.eos_id
         self.text_causal = not text_cfg.no_causal_mask
+        self.text_varlen = bool(text_varlen)
         # Created in this order (the seeded init draws stay the same), registered in OpenCLIP's order:
         # ``named_parameters()`` (so optimizer state indices) lists transformer before token_embedding.
         token_embedding = nn.Embedding(text_cfg.vocab_size, width)
@@ -126,6 +141,8 @@ class CLIP(nn.Module):
         self.transformer.grad_checkpointing = enable
 
     def no_weight_decay(self):
+        """OpenCLIP's set of parameter names to exempt from weight decay, for timm-style optimizer factories.
+        clipfast's trainer (like open_clip_train) applies ``clipfast.train.params``' rule instead."""
         no_wd = {"positional_embedding"}
         if hasattr(self.visual, "no_weight_decay"):
             no_wd |= {"visual." + n for n in self.visual.no_weight_decay()}
@@ -154,10 +171,24 @@ class CLIP(nn.Module):
             raise ValueError(f"text: expected (B, L) token ids with L <= {self.context_length}, "
                              f"got {tuple(text.shape)}")
         cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(text).to(cast_dtype)  # (B, L, W)
-        x = x + self.positional_embedding[: text.shape[1]].to(cast_dtype)
         index, kv_len = self._text_pool_index(text)
-        x = self.transformer(x, causal=self.text_causal, pool_index=index, kv_len=kv_len)  # (B, W)
+        layout = None
+        if (self.text_varlen and self.text_causal and self.text_pool_type != "last"
+                and not torch.compiler.is_compiling()):
+            # Causal and pooled at `index`: tokens after it never reach the output; pack tokens 0 .. index
+            # (unless every caption is full: then the padded path is the same work without the gathers).
+            # torch.compile traces the padded path: the layout reads the lengths on the host (a graph break,
+            # and a recompile per new length mix), so a compiled model stays one graph (fullgraph=True works).
+            kernel = backend.resolve("attention", text.device) == "triton"
+            layout = VarlenLayout(index + 1, text.shape[1], kernel=kernel)
+        if layout is not None and layout.num_tokens < text.numel():
+            x = self.token_embedding(text.reshape(-1)[layout.token_index]).to(cast_dtype)  # (T, W)
+            x = x + self.positional_embedding[layout.positions].to(cast_dtype)
+            x = self.transformer.forward_varlen(x, layout)  # (B, W)
+        else:
+            x = self.token_embedding(text).to(cast_dtype)  # (B, L, W)
+            x = x + self.positional_embedding[: text.shape[1]].to(cast_dtype)
+            x = self.transformer(x, causal=self.text_causal, pool_index=index, kv_len=kv_len)  # (B, W)
         x = self.ln_final(x) @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
 
@@ -196,13 +227,14 @@ class CustomTextCLIP(nn.Module):
     state-dict keys ``text.*``). Not implemented by clipfast: constructing one raises ``NotImplementedError``; it
     exists so ``isinstance(model, (CLIP, CustomTextCLIP))`` checks (``open_clip_train``) work."""
 
-    def __init__(self, embed_dim, vision_cfg, text_cfg, quick_gelu=False, init_logit_scale=math.log(1 / 0.07),
-                 init_logit_bias=None, nonscalar_logit_scale=False, cast_dtype=None, output_dict=False):
+    def __init__(self, embed_dim, vision_cfg, text_cfg, quick_gelu=False, init_logit_scale=INIT_LOGIT_SCALE,
+                 init_logit_bias=None, nonscalar_logit_scale=False, cast_dtype=None, output_dict=False, *,
+                 text_varlen=True):
         raise NotImplementedError("CustomTextCLIP (a separate `text` tower: HF text towers, force_custom_text) is "
                                   "not implemented by clipfast; use clipfast.CLIP or open_clip")
 
 
-def trace_model(model, batch_size=256, device=torch.device("cpu")):
+def trace_model(model, batch_size=256, device="cpu"):
     """OpenCLIP's TorchScript tracing (``--trace``); not supported: clipfast's fused kernels are custom ops that
     TorchScript cannot trace. Raises ``NotImplementedError``; use ``torch.compile(model)``."""
     raise NotImplementedError("trace_model: TorchScript tracing (jit / --trace) is not supported by clipfast; "
@@ -215,7 +247,7 @@ def get_model_preprocess_cfg(model):
     module = getattr(model, "visual", model)
     cfg = getattr(module, "preprocess_cfg", {})
     if not cfg:
-        size = getattr(module, "image_size")
+        size = module.image_size
         if size is not None:
             cfg["size"] = size
         for key in ("mean", "std"):

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from clipfast.nn.layer_norm import LayerNorm
 from clipfast.nn.quick_gelu import LinearQuickGELU
+from clipfast.nn.varlen import varlen_attention
 from clipfast.ops.attention import attention_qkvpacked
 from clipfast.ops.attention_pool import attention_pool_kvpacked
 
@@ -75,6 +76,26 @@ class Attention(nn.Module):
         out = attention_pool_kvpacked(q, kv, kv_len=kv_len).reshape(B, W)
         return self.out_proj(out)
 
+    def forward_varlen(self, x, layout):
+        """Causal self-attention within each packed sequence. x: ``(T, W)`` packed tokens of ``layout``
+        (a ``clipfast.nn.varlen.VarlenLayout``) -> ``(T, W)``."""
+        T, W = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(T, 3, self.heads, self.head_dim)
+        out = varlen_attention(qkv, layout)  # (T, H, D)
+        return self.out_proj(out.reshape(T, W))
+
+    def forward_pooled_varlen(self, x_query, x, layout):
+        """``forward_pooled`` for packed tokens: each sequence's last token attends to its own tokens.
+
+        Shapes: x_query ``(B, W)``, x ``(T, W)`` (normalized, packed as ``layout``) -> ``(B, W)``.
+        """
+        B, W = x_query.shape
+        q = F.linear(x_query, self.in_proj_weight[:W], self.in_proj_bias[:W]).view(B, self.heads, self.head_dim)
+        kv = layout.pad(F.linear(x, self.in_proj_weight[W:], self.in_proj_bias[W:]))  # (B, L_max, 2W)
+        out = attention_pool_kvpacked(q, kv.view(B, -1, 2, self.heads, self.head_dim), kv_len=layout.lengths)
+        out = out.reshape(B, W)
+        return self.out_proj(out)
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block; see the module docstring for the math and the parameter names."""
@@ -117,6 +138,18 @@ class ResidualAttentionBlock(nn.Module):
             rows = torch.arange(x.shape[0], device=x.device)
             x_q, h_q = x[rows, index], h[rows, index]
         y = x_q + self.attn.forward_pooled(h_q, h, kv_len)
+        return y + self.mlp(self.ln_2(y))
+
+    def forward_varlen(self, x, layout):
+        """The block on packed tokens, attention causal within each sequence. x: ``(T, W)`` -> ``(T, W)``."""
+        x = x + self.attn.forward_varlen(self.ln_1(x), layout)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_pooled_varlen(self, x, layout):
+        """The block's output at each sequence's last token only. x: ``(T, W)`` packed -> ``(B, W)``; equal to
+        ``forward_varlen(x, layout)[layout.last]``."""
+        h = self.ln_1(x)
+        y = x[layout.last] + self.attn.forward_pooled_varlen(h[layout.last], h, layout)
         return y + self.mlp(self.ln_2(y))
 
 
@@ -172,3 +205,17 @@ class Transformer(nn.Module):
             rows = torch.arange(x.shape[0], device=x.device)
             return x[:, pool_index] if isinstance(pool_index, int) else x[rows, pool_index]
         return x
+
+    def forward_varlen(self, x, layout):
+        """Causal blocks on packed variable-length sequences, pooled at each sequence's last token.
+
+        Args:
+            x: ``(T, W)`` packed tokens, laid out as ``layout`` (``clipfast.nn.varlen.VarlenLayout``).
+
+        Returns:
+            ``(B, W)``: equal to ``forward(padded x, causal=True, pool_index=lengths - 1, kv_len=lengths)``
+            (up to rounding order); the last block runs for the pooled tokens alone.
+        """
+        for block in self.resblocks[:-1]:
+            x = self._run(block.forward_varlen, x, layout)
+        return self._run(self.resblocks[-1].forward_pooled_varlen, x, layout)

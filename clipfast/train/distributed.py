@@ -125,8 +125,8 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, mode: str = "ddp", static
 
 _SCALARS_ATTR = "_clipfast_fsdp_scalars"
 # Block methods the model calls instead of forward (clipfast's text tower runs its last block only for the
-# pooled token through ``forward_pooled``).
-FSDP_FORWARD_METHODS = ("forward_pooled",)
+# pooled token through ``forward_pooled``, and packed captions through ``forward_varlen``/``forward_pooled_varlen``).
+FSDP_FORWARD_METHODS = ("forward_pooled", "forward_varlen", "forward_pooled_varlen")
 
 
 def _scalars_to_1d(model: torch.nn.Module) -> None:
