@@ -33,6 +33,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # bench/ (shapes.py), also when run as a script
+import costs  # noqa: E402
+import harness  # noqa: E402
 from shapes import DEVICE, ON_GPU  # noqa: E402
 from clipfast import backend  # noqa: E402
 from clipfast.ops.attention import attention_qkvpacked, attention_qkvpacked_ref  # noqa: E402
@@ -57,21 +59,6 @@ MODES = ["fwd", "fwd_bwd"]
 def shape_of(name):
     B, L, H, D, causal = SHAPES[name]
     return (B if ON_GPU else CPU_BATCH[name]), L, H, D, causal
-
-
-def flops(B, L, H, D, causal, mode):
-    """FLOPs of the attention core (FlashAttention's benchmark convention)."""
-    fwd = 4 * B * H * L * L * D / (2 if causal else 1)
-    return fwd if mode == "fwd" else 3.5 * fwd
-
-
-def bytes_moved(B, L, H, D, elem, mode):
-    """Minimum bytes of a fused kernel: fwd reads q, k, v and writes o (+ the fp32 row LSE); backward reads
-    q, k, v, o, dO (+ LSE) and writes dqkv."""
-    n = B * L * H * D * elem
-    lse = 4 * B * H * L
-    fwd = 4 * n + lse
-    return fwd if mode == "fwd" else fwd + 8 * n + lse
 
 
 def tiles(L, D, causal):
@@ -178,20 +165,15 @@ def test_attention(timed, benchmark, provider, mode, dtype, shape):
         if provider in SDPA:
             pytest.skip(f"{provider} can't run this case: {str(exc).splitlines()[0][:200]}")
         raise
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    peak = harness.peak_memory(lambda: _step(fn, mode, inp, grad))
     timed(_step, fn, mode, inp, grad)
     share_fwd, share_bwd, share_fa2 = tiles(L, D, causal)
-    if benchmark.disabled:  # --benchmark-disable: ran once, nothing timed
-        return
-    mean = benchmark.stats["mean"]
-    benchmark.extra_info.update(
-        tflop_s=round(flops(B, L, H, D, causal, mode) / mean / 1e12, 4),
-        gb_s=round(bytes_moved(B, L, H, D, inp.element_size(), mode) / mean / 1e9, 3),
+    flops, nbytes = costs.attention(B, H, L, D, causal, inp.element_size(), mode)
+    harness.record(
+        benchmark, flops=flops, bytes_moved=nbytes, peak_bytes=peak,
         useful_share_clipfast=round(share_fwd if mode == "fwd" else min(share_fwd, share_bwd), 3),
         useful_share_fa2=round(share_fa2, 3),
         backend=backend.select("attention", DEVICE) if provider.startswith("clipfast") else provider,
-        peak_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE.type == "cuda" else None,
         shape=dict(B=B, L=L, H=H, D=D, causal=causal),
     )
 
@@ -208,11 +190,11 @@ def static_table(elem=2):
         bm, bn, _, _ = kernels.fwd_config(L, D, causal)
         single, bbm, bbn, _, _ = kernels.bwd_config(L, D, causal)
         s_f, s_b, s_fa2 = tiles(L, D, causal)
+        fwd, both = (costs.attention(B, H, L, D, causal, elem, m) for m in ("fwd", "fwd_bwd"))
         lines.append(
             f"{name:<12} {B:>4} {L:>4} {f'{H}x{D}':>6} {str(causal):>6} {f'{bm}x{bn}':>8} "
             f"{('1 ' if single else '2 ') + f'{bbm}x{bbn}':>11} {s_f:>9.1%} {s_b:>9.1%} {s_fa2:>9.1%} "
-            f"{bytes_moved(B, L, H, D, elem, 'fwd') / 1e6:>8.1f} {bytes_moved(B, L, H, D, elem, 'fwd_bwd') / 1e6:>8.1f} "
-            f"{flops(B, L, H, D, causal, 'fwd') / 1e9:>9.1f} {flops(B, L, H, D, causal, 'fwd_bwd') / 1e9:>9.1f}")
+            f"{fwd[1] / 1e6:>8.1f} {both[1] / 1e6:>8.1f} {fwd[0] / 1e9:>9.1f} {both[0] / 1e9:>9.1f}")
     lines.append("bwd tile: '1' = one single-tile program per (b, h); '2' = the two deterministic passes (dq, dk/dv)")
     return lines
 

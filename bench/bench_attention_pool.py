@@ -29,6 +29,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # bench/ (shapes.py), also when run as a script
+import costs  # noqa: E402
+import harness  # noqa: E402
 from shapes import DEVICE, ON_GPU  # noqa: E402
 from clipfast import backend  # noqa: E402
 from clipfast.ops.attention_pool import attention_pool_kvpacked, attention_pool_kvpacked_ref  # noqa: E402
@@ -53,19 +55,6 @@ MODES = ["fwd", "fwd_bwd"]
 def shape_of(name):
     B, L, H, D, ragged, side = SHAPES[name]
     return (B if ON_GPU else CPU_BATCH), L, H, D, ragged, side
-
-
-def flops(B, L, H, D, mode):
-    fwd = 4 * B * H * L * D
-    return fwd if mode == "fwd" else 3.5 * fwd
-
-
-def bytes_moved(B, L, H, D, elem, mode):
-    """Minimum bytes: fwd reads q (B·H·D) and kv (2·B·L·H·D), writes o (+ fp32 LSE); backward reads q, kv, o,
-    dO (+ LSE), writes dq and dkv."""
-    q, kv = B * H * D * elem, 2 * B * L * H * D * elem
-    fwd = 2 * q + kv + 4 * B * H
-    return fwd if mode == "fwd" else fwd + 4 * q + 2 * kv + 4 * B * H
 
 
 def _sdpa_pool(sdpa_backend):
@@ -166,17 +155,12 @@ def test_attention_pool(timed, benchmark, provider, mode, dtype, shape):
         if provider in SDPA:
             pytest.skip(f"{provider} can't run this case: {str(exc).splitlines()[0][:200]}")
         raise
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    peak = harness.peak_memory(lambda: _step(fn, mode, inputs, grad))
     timed(_step, fn, mode, inputs, grad)
-    if benchmark.disabled:  # --benchmark-disable: ran once, nothing timed
-        return
-    mean = benchmark.stats["mean"]
-    benchmark.extra_info.update(
-        tflop_s=round(flops(B, L, H, D, mode) / mean / 1e12, 4),
-        gb_s=round(bytes_moved(B, L, H, D, torch.finfo(dtype).bits // 8, mode) / mean / 1e9, 3),
+    flops, nbytes = costs.attention_pool(B, H, L, D, torch.finfo(dtype).bits // 8, mode)
+    harness.record(
+        benchmark, flops=flops, bytes_moved=nbytes, peak_bytes=peak,
         backend=backend.select("attention_pool", DEVICE) if provider.startswith("clipfast") else provider,
-        peak_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE.type == "cuda" else None,
         shape=dict(B=B, L=L, H=H, D=D, ragged=ragged),
     )
 
@@ -190,10 +174,10 @@ def static_table(elem=2):
     for name, (B, L, H, D, _, _) in SHAPES.items():
         hf, nf, df, _ = kernels.fwd_config(D)
         hb, nb, db, _ = kernels.bwd_config(D)
-        fwd_bytes = bytes_moved(B, L, H, D, elem, "fwd")
+        (fwd_flops, fwd_bytes), (_, both_bytes) = (costs.attention_pool(B, H, L, D, elem, m) for m in ("fwd", "fwd_bwd"))
         lines.append(f"{name:<12} {B:>4} {L:>4} {f'{H}x{D}':>6} {f'{hf}x{nf}x{df}':>20} {f'{hb}x{nb}x{db}':>9} "
-                     f"{fwd_bytes / 1e6:>8.1f} {bytes_moved(B, L, H, D, elem, 'fwd_bwd') / 1e6:>8.1f} "
-                     f"{flops(B, L, H, D, 'fwd') / 1e9:>9.2f} {flops(B, L, H, D, 'fwd') / fwd_bytes:>9.2f}")
+                     f"{fwd_bytes / 1e6:>8.1f} {both_bytes / 1e6:>8.1f} "
+                     f"{fwd_flops / 1e9:>9.2f} {fwd_flops / fwd_bytes:>9.2f}")
     return lines
 
 

@@ -18,7 +18,7 @@ arXiv:1504.00325; quoted from knowledge, not re-measured here). CLIP's BPE split
 ~1.2 tokens each (an estimate), and adds SOT and EOT, so a caption has ~15 tokens. Modelled as
 ``length = 3 + Poisson(12)`` tokens (mean 15, sd 3.5), clipped to ``[2, 77]``, from a seeded generator.
 
-``extra_info``: ``samples_per_s`` (batch / mean time), ``gflop`` (FLOPs of one call, ``FlopCounterMode``),
+``extra_info``: ``samples_per_s`` (batch / mean time), ``flops`` and ``gflop_per_s`` (FLOPs of one call, ``FlopCounterMode``; ``harness.record``),
 ``saved_mb`` (activations saved for backward), ``peak_mb`` (peak live tensor memory during one call: the CUDA
 caching allocator's peak on CUDA; on CPU the torch profiler's memory timeline, parameters and gradients
 included), ``text_tokens`` (mean caption length).
@@ -34,7 +34,6 @@ lands on one side. For a ratio, interleave the providers step by step:
 """
 import argparse
 import os
-import statistics
 import time
 
 import pytest
@@ -42,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from shapes import DEVICE, MODEL  # bench/ is on sys.path (its conftest.py)
+import harness  # bench/ is on sys.path (its conftest.py)
+from shapes import DEVICE, MODEL
 import clipfast
 
 open_clip = pytest.importorskip("open_clip")
@@ -136,23 +136,6 @@ def _saved_bytes(fn):
     return total[0]
 
 
-def peak_bytes(fn):
-    """Peak live tensor bytes during one ``fn()`` (CUDA: allocator peak; CPU: profiler memory timeline)."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import MemoryProfileTimeline
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(DEVICE)
-    return max((sum(s) for s in sizes), default=0)
-
-
 @pytest.mark.parametrize("text", TEXTS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", list(MODEL))
@@ -165,14 +148,11 @@ def test_model(timed, benchmark, provider, shape, mode, text):
     fn = _step_fn(model, mode, image, _provider_text(provider, ids))
     with FlopCounterMode(display=False) as counter:
         fn()
-    benchmark.extra_info["gflop"] = counter.get_total_flops() / 1e9
-    if mode != "fwd":
-        benchmark.extra_info["saved_mb"] = _saved_bytes(fn) / 2 ** 20
-    benchmark.extra_info["peak_mb"] = peak_bytes(fn) / 2 ** 20
-    benchmark.extra_info["batch"] = batch
-    benchmark.extra_info["text_tokens"] = (ids.argmax(-1) + 1).float().mean().item()
+    extra = {"saved_mb": _saved_bytes(fn) / 2 ** 20} if mode != "fwd" else {}
+    peak = harness.peak_memory(fn, tensors=True)
     timed(fn)
-    benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.mean
+    harness.record(benchmark, flops=counter.get_total_flops(), peak_bytes=peak, samples=batch, batch=batch,
+                   text_tokens=(ids.argmax(-1) + 1).float().mean().item(), **extra)
 
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
@@ -183,22 +163,13 @@ def interleaved(config, batch, rounds, mode, text, memory=False, providers=PROVI
     warm-up step each. ``clock="process"`` times the CPU seconds of this process instead of wall time (on a
     CPU shared with other jobs, with one thread, it does not count the time the job waits for a core).
     Returns {provider: {"s": median_s, "peak_mb": ... (with ``memory``)}}."""
-    now = CLOCKS[clock]
     models = _models(config)
     image, ids = _inputs(models["open_clip"], batch, text)
     fns = {name: _step_fn(models[name], mode, image, _provider_text(name, ids)) for name in providers}
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for r in range(rounds):
-        for name in (providers if r % 2 == 0 else providers[::-1]):
-            start = now()
-            fns[name]()
-            times[name].append(now() - start)
-    results = {name: {"s": statistics.median(t)} for name, t in times.items()}
+    results = {name: {"s": s} for name, s in harness.interleaved(fns, rounds, clock=CLOCKS[clock]).items()}
     if memory:
         for name, fn in fns.items():
-            results[name]["peak_mb"] = peak_bytes(fn) / 2 ** 20
+            results[name]["peak_mb"] = harness.peak_memory(fn, tensors=True) / 2 ** 20
     return results
 
 
@@ -251,14 +222,10 @@ def attention_options(batch, rounds, texts=("coco", "coco_tail", "all77")):
             except Exception as error:  # report, don't time, a mechanism that fails here
                 failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
                 del fns[name]
-        times = {name: [] for name in fns}
-        for r in range(rounds):
-            for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
-                start = time.perf_counter()
-                fn(qkv).backward(grad)
-                times[name].append(time.perf_counter() - start)
+        medians = harness.interleaved({name: (lambda fn=fn, qkv=qkv, grad=grad: fn(qkv).backward(grad)) for name, fn in fns.items()},
+                                      rounds, warmup=0)
         print(f"attention fwd+bwd text={text} (T={int(lengths.sum())}, max {int(lengths.max())}) batch {batch}, "
-              f"{rounds} rounds: " + ", ".join(f"{n} {statistics.median(t) * 1e3:.2f} ms" for n, t in times.items())
+              f"{rounds} rounds: " + ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in medians.items())
               + "".join(f"; {n} failed ({e})" for n, e in failed.items()), flush=True)
 
 

@@ -36,13 +36,27 @@ def fused_adam(n_params, weight_bytes, grad_bytes, state_bytes):
 
 
 def attention(batch, heads, length, head_dim, causal, element_size, mode="fwd_bwd"):
-    """(flops, bytes) of scaled-dot-product attention: forward 2 matmuls (QKᵀ, PV), backward 5 (recompute
-    QKᵀ, dV, dP, dQ, dK); causal halves them. Bytes: read q, k, v, write o (+ read o, do; write dq, dk, dv)."""
-    fwd = 2 * 2 * batch * heads * length * length * head_dim * (0.5 if causal else 1.0)
+    """(flops, bytes) of scaled-dot-product attention (FlashAttention's benchmark convention): forward 2 matmuls
+    (QKᵀ, PV), backward 5 (recompute QKᵀ, dV, dP, dQ, dK) = 3.5× in all; causal halves them. Bytes, the minimum
+    of a fused kernel: forward reads q, k, v and writes o (+ the fp32 row LSE); backward also reads o, dO
+    (+ LSE) and writes dq, dk, dv."""
+    fwd = 4 * batch * heads * length * length * head_dim * (0.5 if causal else 1.0)
     tensor = batch * heads * length * head_dim * element_size
+    lse = 4 * batch * heads * length
     if mode == "fwd":
-        return fwd, 4 * tensor
-    return fwd * 3.5, 10 * tensor
+        return fwd, 4 * tensor + lse
+    return fwd * 3.5, 12 * tensor + 2 * lse
+
+
+def attention_pool(batch, heads, length, head_dim, element_size, mode="fwd_bwd"):
+    """(flops, bytes) of one query per (batch, head) over ``length`` keys: forward 4·B·H·L·D (scores and the
+    weighted sum), backward 2.5× that. Bytes: forward reads q (B·H·D) and kv (2·B·L·H·D), writes o (+ fp32
+    LSE); backward reads q, kv, o, dO (+ LSE) and writes dq and dkv."""
+    fwd = 4 * batch * heads * length * head_dim
+    q, kv, lse = batch * heads * head_dim * element_size, 2 * batch * length * heads * head_dim * element_size, 4 * batch * heads
+    if mode == "fwd":
+        return fwd, 2 * q + kv + lse
+    return fwd * 3.5, 2 * q + kv + lse + 4 * q + 2 * kv + lse
 
 
 def roofline(flops, nbytes, gpu):

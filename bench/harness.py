@@ -137,13 +137,23 @@ def _status_bytes(key):
     raise KeyError(key)
 
 
-def peak_memory(call, device=None):
+def peak_memory(call, device=None, *, tensors=False):
     """Peak memory (bytes) added while ``call()`` runs, its outputs included, or None where it can't be read.
 
     CUDA: ``max_memory_allocated`` above the allocated bytes before the call. CPU (Linux): peak RSS above the
     RSS before the call (see the module docstring); call it in a fresh process when earlier work matters.
+    ``tensors=True`` on CPU: the peak of live tensor bytes instead (all of them, parameters included), from
+    the torch profiler's memory timeline — exact, slow, and free of the allocator's caching.
     """
     device = torch.device(device) if device is not None else _device()
+    if tensors and device.type != "cuda":
+        from torch.profiler import ProfilerActivity, profile  # the profiler's memory timeline: this mode only
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+            call()
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(device)
+        return max((sum(s) for s in sizes), default=0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -188,9 +198,11 @@ def in_fresh_process(target, timeout=None, **kwargs):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def interleaved(fns, rounds, warmup=1):
+def interleaved(fns, rounds, warmup=1, clock=time.perf_counter):
     """Median seconds per call of each ``fns[name]()``, calling them in turn (order reversed every other
-    round, CUDA synchronised after each) so a shared machine's drift lands on every provider alike."""
+    round, CUDA synchronised after each) so a shared machine's drift lands on every provider alike.
+    ``clock=time.process_time`` counts this process's CPU seconds (with one thread on a shared CPU, not the
+    time spent waiting for a core)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -199,10 +211,10 @@ def interleaved(fns, rounds, warmup=1):
     order = list(fns)
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
             synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
