@@ -18,7 +18,8 @@ arXiv:1504.00325; quoted from knowledge, not re-measured here). CLIP's BPE split
 ~1.2 tokens each (an estimate), and adds SOT and EOT, so a caption has ~15 tokens. Modelled as
 ``length = 3 + Poisson(12)`` tokens (mean 15, sd 3.5), clipped to ``[2, 77]``, from a seeded generator.
 
-``extra_info``: ``samples_per_s`` (batch / mean time), ``flops`` and ``gflop_per_s`` (FLOPs of one call, ``FlopCounterMode``; ``harness.record``),
+``extra_info`` (``harness.record``): ``samples_per_s`` (batch / mean time), ``flops`` and ``gflop_per_s`` (FLOPs
+of one call, ``FlopCounterMode``),
 ``saved_mb`` (activations saved for backward), ``peak_mb`` (peak live tensor memory during one call: the CUDA
 caching allocator's peak on CUDA; on CPU the torch profiler's memory timeline, parameters and gradients
 included), ``text_tokens`` (mean caption length).
