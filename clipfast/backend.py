@@ -4,13 +4,14 @@ Backends, fastest first:
 
 - ``triton``: the op's Triton kernels (``clipfast.kernels.<op>``) — for CUDA tensors when triton is
   importable, and for CPU tensors under ``TRITON_INTERPRET=1`` (how the tests prove kernels here).
-- ``cuda``: the compiled extension ``clipfast._C`` (``torch.ops.clipfast.<op>_fwd``/``_bwd``), which
+- ``extension``: the compiled extension ``clipfast._C`` (``torch.ops.clipfast.<op>_fwd``/``_bwd``), which
   holds a CUDA kernel and a C++ CPU kernel sharing the per-element math; used when it is loaded and
-  has a kernel for the tensor's device.
+  has a kernel for the tensor's device (so on CPU tensors it is the C++ kernel, not CUDA).
 - ``reference``: the op's plain PyTorch implementation (``clipfast.ops.<op>.<op>_ref``); always there.
 
-``CLIPFAST_BACKEND=reference|triton|cuda`` forces one for every op that has it (an op without it
-uses ``reference``); forcing a backend this machine can't run raises an error that says why.
+``CLIPFAST_BACKEND=reference|triton|extension`` forces one for every op that has it (an op without it
+uses ``reference``; ``cuda`` is accepted as the extension's old name); forcing a backend this machine can't
+run raises an error that says why.
 
 Ops call ``resolve(op, device)``: ``select`` cached per (op, device, environment) and a constant of a
 ``torch.compile`` graph (the extension and environment checks run once, eagerly, at trace time).
@@ -22,17 +23,18 @@ import torch
 
 from clipfast import _extension
 
-BACKENDS = ("reference", "triton", "cuda")
+BACKENDS = ("reference", "triton", "extension")
+ALIASES = {"cuda": "extension"}  # CLIPFAST_BACKEND values kept for compatibility
 
 # The accelerated backends each op has, in order of preference. ``reference`` is implied for all.
 OP_BACKENDS = {
-    "quick_gelu": ("triton", "cuda"),
+    "quick_gelu": ("triton", "extension"),
     "contrastive_loss": ("triton",),
     "sigmoid_loss": ("triton",),
     "attention": ("triton",),
     "attention_pool": ("triton",),
     "layer_norm": (),
-    "fused_adam": ("triton", "cuda"),
+    "fused_adam": ("triton", "extension"),
 }
 
 
@@ -52,7 +54,7 @@ def _triton_reason(device):
     return f"no Triton backend for device type {device.type!r}"
 
 
-def _cuda_reason(op, device):
+def _extension_reason(op, device):
     """None if the extension has ``op`` for ``device``, else why not."""
     if _extension.load() is None:
         return f"clipfast._C not loaded ({_extension.load_error()})"
@@ -69,7 +71,7 @@ def _reason(op, backend, device):
         return None
     if backend not in OP_BACKENDS[op]:
         return f"{op} has no {backend} implementation"
-    return _triton_reason(device) if backend == "triton" else _cuda_reason(op, device)
+    return _triton_reason(device) if backend == "triton" else _extension_reason(op, device)
 
 
 def _check(op, device):
@@ -81,13 +83,14 @@ def _check(op, device):
 def forced():
     """The backend forced by ``CLIPFAST_BACKEND``, or None."""
     value = os.environ.get("CLIPFAST_BACKEND", "").strip().lower()
+    value = ALIASES.get(value, value)
     if value and value not in BACKENDS:
         raise ValueError(f"CLIPFAST_BACKEND={value!r}: expected one of {BACKENDS}")
     return value or None
 
 
 def select(op, device):
-    """Return the backend ``op`` runs on for tensors on ``device``: "triton", "cuda" or "reference"."""
+    """Return the backend ``op`` runs on for tensors on ``device``: "triton", "extension" or "reference"."""
     device = _check(op, device)
     want = forced()
     if want is not None:
@@ -121,10 +124,10 @@ def resolve(op, device):
 
 
 def describe(backend, device):
-    """Say where ``backend`` runs for tensors on ``device`` ("cuda" on CPU tensors is _C's C++ kernel)."""
+    """Say where ``backend`` runs for tensors on ``device`` ("extension" on CPU tensors is _C's C++ kernel)."""
     kind = torch.device(device).type
-    if backend == "cuda":
-        return "cuda (clipfast._C, C++ CPU kernel)" if kind == "cpu" else "cuda (clipfast._C)"
+    if backend == "extension":
+        return "extension (clipfast._C, C++ CPU kernel)" if kind == "cpu" else "extension (clipfast._C, CUDA kernel)"
     if backend == "triton" and kind == "cpu":
         return "triton (interpreter)"
     return backend

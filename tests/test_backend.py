@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 def test_every_op_has_a_reference_and_known_backends():
     for op, names in backend.OP_BACKENDS.items():
-        assert set(names) <= {"triton", "cuda"}, op
+        assert set(names) <= {"triton", "extension"}, op
         assert backend.explain(op, CPU)["reference"] == "available"
 
 
@@ -35,8 +35,10 @@ def test_forced_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("CLIPFAST_BACKEND", "reference")
     assert backend.select("quick_gelu", CPU) == "reference"
-    monkeypatch.setenv("CLIPFAST_BACKEND", "cuda")
-    assert backend.select("attention", CPU) == "reference"  # no cuda implementation: reference
+    for name in ("extension", "cuda"):  # "cuda": the extension's old name, still accepted
+        monkeypatch.setenv("CLIPFAST_BACKEND", name)
+        assert backend.forced() == "extension"
+        assert backend.select("attention", CPU) == "reference"  # no extension implementation: reference
     monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CLIPFAST_BACKEND=triton"):
@@ -57,7 +59,7 @@ def test_missing_extension_is_reported_not_raised(monkeypatch):
     monkeypatch.setattr(_extension, "load", lambda: None)
     monkeypatch.setattr(_extension, "_error", "ImportError: simulated")
     assert backend.select("quick_gelu", CPU) == "reference"
-    assert "simulated" in backend.explain("quick_gelu", CPU)["cuda"]
+    assert "simulated" in backend.explain("quick_gelu", CPU)["extension"]
 
 
 def test_info_runs():
@@ -68,7 +70,7 @@ def test_info_runs():
 
 
 def test_describe_says_where_the_cuda_backend_runs():
-    assert backend.describe("cuda", CPU) == "cuda (clipfast._C, C++ CPU kernel)"
-    assert backend.describe("cuda", torch.device("cuda")) == "cuda (clipfast._C)"
+    assert backend.describe("extension", CPU) == "extension (clipfast._C, C++ CPU kernel)"
+    assert backend.describe("extension", torch.device("cuda")) == "extension (clipfast._C, CUDA kernel)"
     assert backend.describe("triton", CPU) == "triton (interpreter)"
     assert backend.describe("reference", CPU) == "reference"

@@ -9,7 +9,7 @@ from clipfast import _extension
 from clipfast.optim import Adam, AdamW
 
 HAS_EXT = _extension.load() is not None and hasattr(torch.ops.clipfast, "fused_adam_fwd")
-BACKENDS = ["reference", "triton", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_EXT, reason="no clipfast._C"))]
+BACKENDS = ["reference", "triton", pytest.param("extension", marks=pytest.mark.skipif(not HAS_EXT, reason="no clipfast._C"))]
 SHAPES = [(33, 7), (50,), (1,)]
 
 

@@ -105,5 +105,5 @@ def _worker(rank, world, port, backends, errors):
 
 
 def test_ddp_and_fsdp2_equal_single_process():
-    backends = ["reference"] + (["cuda"] if _extension.load() is not None else [])  # cuda: the C++ CPU kernel
+    backends = ["reference"] + (["extension"] if _extension.load() is not None else [])  # the C++ CPU kernel
     run_workers(_worker, 2, backends)

@@ -24,7 +24,7 @@ same on every data-parallel rank.
 m_decode, m_encode, v_decode, v_encode`` (stored = value * encode, value = stored * decode; 1 unless fp16 state).
 
 Backends (``clipfast.backend.select("fused_adam", device)``): ``triton`` (``clipfast.kernels.fused_adam``, one
-launch per tensor), ``cuda`` (``torch.ops.clipfast.fused_adam_fwd``: the multi-tensor CUDA kernel, and the C++
+launch per tensor), ``extension`` (``torch.ops.clipfast.fused_adam_fwd``: the multi-tensor CUDA kernel, and the C++
 CPU kernel — what CPU users get), ``reference`` (``fused_adam_ref``, torch ``_foreach`` ops). All three run the
 same per-element math; results agree to fp32 rounding (a different FMA contraction can move an fp32 value by
 an ulp, and then a bf16 rounding decision by one bf16 ulp).
@@ -139,7 +139,7 @@ def _launch(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta1, beta
 
         fused_adam_fwd(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta1, beta2, eps, weight_decay,
                        decoupled, stochastic_rounding)
-    elif backend == "cuda":
+    elif backend == "extension":
         torch.ops.clipfast.fused_adam_fwd(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta1, beta2, eps,
                                           weight_decay, decoupled, stochastic_rounding)
     else:
@@ -152,7 +152,7 @@ def _fused_adam_op(params: list[torch.Tensor], grads: list[torch.Tensor], exp_av
                    exp_avg_sqs: list[torch.Tensor], masters: list[torch.Tensor], args: torch.Tensor, lr: float,
                    beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
                    stochastic_rounding: bool, backend: str) -> None:
-    """The step on ``backend`` ("triton", "cuda" or "reference"), in place."""
+    """The step on ``backend`` ("triton", "extension" or "reference"), in place."""
     _launch(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta1, beta2, eps, weight_decay, decoupled,
             stochastic_rounding, backend)
 

@@ -5,7 +5,7 @@ Math: ``y = q(x + b)`` with ``q(z) = z * sigmoid(1.702 * z)`` (OpenAI CLIP's act
 ``dL/db = sum of dL/dz over all leading dims``. The fused paths save only ``x`` (and ``b``) for backward
 and recompute ``z`` and ``s`` there, so no activation-sized intermediate is kept; math is fp32.
 
-Backends (``clipfast.backend.select``): ``triton`` (``clipfast.kernels.quick_gelu``), ``cuda`` (the
+Backends (``clipfast.backend.select``): ``triton`` (``clipfast.kernels.quick_gelu``), ``extension`` (the
 ``clipfast._C`` ops ``torch.ops.clipfast.quick_gelu_fwd/_bwd``: CUDA kernels and a C++ CPU kernel), or
 ``reference``. The fused paths run as the custom op ``torch.ops.clipfast.quick_gelu`` (with a fake
 implementation and autograd), so ``torch.compile`` traces them. Double backward is not supported.
@@ -73,7 +73,7 @@ def _backward(grad, x, bias, backend):
 
 @torch.library.custom_op("clipfast::quick_gelu", mutates_args=())
 def _quick_gelu_op(x: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
-    """``y = q(x + bias)`` on ``backend`` ("triton" or "cuda"); y is contiguous."""
+    """``y = q(x + bias)`` on ``backend`` ("triton" or "extension"); y is contiguous."""
     return _forward(x, bias, backend)
 
 
@@ -126,6 +126,6 @@ def quick_gelu(x, bias=None):
     """
     _check_inputs(x, bias)
     backend = _backend.resolve("quick_gelu", x.device)
-    if backend == "reference" or (x.dtype not in KERNEL_DTYPES and not (backend == "cuda" and x.device.type == "cpu")):
+    if backend == "reference" or (x.dtype not in KERNEL_DTYPES and not (backend == "extension" and x.device.type == "cpu")):
         return quick_gelu_ref(x, bias)
     return _quick_gelu_op(x, bias, backend)

@@ -16,7 +16,7 @@ ops = importlib.import_module("clipfast.ops.fused_adam")  # the module (clipfast
 
 HAS_EXT = _extension.load() is not None and hasattr(torch.ops.clipfast, "fused_adam_fwd")
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"clipfast._C without fused_adam: {_extension.load_error()}")
-BACKENDS = ["triton", pytest.param("cuda", marks=needs_ext)]
+BACKENDS = ["triton", pytest.param("extension", marks=needs_ext)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HYPER = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
 # (numel of each tensor): 1 element, odd, and (on the C++ path) several 16384-element chunks.
@@ -85,7 +85,7 @@ def _run(backend, problem, decoupled=True, sr=False):
 @pytest.mark.parametrize("decoupled", [True, False], ids=["adamw", "adam"])
 @pytest.mark.parametrize("pdt,sdt,master,sr", list(_combos()))
 def test_kernel_matches_reference(backend, decoupled, pdt, sdt, master, sr):
-    sizes = SIZES if backend == "cuda" else SIZES[:3]  # keep the interpreter quick
+    sizes = SIZES if backend == "extension" else SIZES[:3]  # keep the interpreter quick
     problem = _problem(pdt, sdt, master, sizes)
     _assert_same(_run(backend, problem, decoupled, sr), _run("reference", problem, decoupled, sr))
 
@@ -235,15 +235,15 @@ def test_non_contiguous_falls_back_to_reference(monkeypatch):
 def test_backend_entry():
     from clipfast import backend
 
-    assert backend.OP_BACKENDS["fused_adam"] == ("triton", "cuda")
-    expected = "triton" if backend.interpreter_on() else ("cuda" if HAS_EXT else "reference")
+    assert backend.OP_BACKENDS["fused_adam"] == ("triton", "extension")
+    expected = "triton" if backend.interpreter_on() else ("extension" if HAS_EXT else "reference")
     assert backend.select("fused_adam", torch.device("cpu")) == expected
 
 
 # --- GPU -----------------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_ext)])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("extension", marks=needs_ext)])
 @pytest.mark.parametrize("pdt,sdt,master,sr", list(_combos()))
 def test_gpu_matches_reference(backend, pdt, sdt, master, sr):
     # 30 tensors, two over a 65536-element chunk: the multi-tensor launcher fills and splits its tables.

@@ -108,14 +108,14 @@ def test_bias_row_split_bound_is_one_value():
 )
 def test_extension_matches_reference(dtype, shape, bias):
     x, b, g = _inputs(shape, dtype, bias)
-    _check_against_reference(_run_op(x, b, g, "cuda"), x, b, g)
+    _check_against_reference(_run_op(x, b, g, "extension"), x, b, g)
 
 
 @needs_ext
 def test_extension_gradcheck_fp64():
     x = torch.randn(4, 5, 19, dtype=torch.float64, requires_grad=True)
     b = torch.randn(19, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, b: _quick_gelu_op(x, b, "cuda"), (x, b))
+    assert torch.autograd.gradcheck(lambda x, b: _quick_gelu_op(x, b, "extension"), (x, b))
 
 
 @needs_ext
@@ -142,7 +142,7 @@ def test_extension_bias_grad_is_deterministic():
 
 # --- Both fused backends -----------------------------------------------------------------------------
 
-BACKENDS = ["triton", pytest.param("cuda", marks=needs_ext)]
+BACKENDS = ["triton", pytest.param("extension", marks=needs_ext)]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -187,7 +187,7 @@ def test_opcheck(backend):
     torch.library.opcheck(_quick_gelu_op, (torch.randn(6, 20, requires_grad=True), None, backend))
 
 
-@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_ext), "reference"])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("extension", marks=needs_ext), "reference"])
 def test_public_op_under_torch_compile(backend, monkeypatch):
     monkeypatch.setenv("CLIPFAST_BACKEND", backend)
     torch._dynamo.reset()
@@ -300,7 +300,7 @@ def test_extension_rejects_bad_input():
 # --- GPU (skipped here): both fused backends in the dtypes CLIP trains in ----------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_ext)])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("extension", marks=needs_ext)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_matches_reference(backend, dtype):
     x, b, g = _inputs((64, 197, 3072), dtype, device="cuda")
@@ -324,7 +324,7 @@ def test_gpu_cuda_vector_and_scalar_paths(dtype, case):
     if case == "misaligned":  # same values, storage offset 1: contiguous but not 16-byte aligned
         x = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")[1:].view(shape).copy_(x)
         assert x.data_ptr() % 16 != 0
-    out = _run_op(x, b, g, "cuda")
+    out = _run_op(x, b, g, "extension")
     exact = _reference_grads(x, b, g, torch.float64)
     same = _reference_grads(x, b, g, dtype)
     for name, o, e, s in zip(("y", "grad_x", "grad_bias"), out, exact, same):
