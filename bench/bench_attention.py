@@ -108,15 +108,7 @@ def _modules(W, H, dtype):
 
 
 def _skip_reason(provider, dtype):
-    if provider == "clipfast":
-        chosen = backend.select("attention", DEVICE)
-        if chosen != "triton":
-            return f"clipfast's attention runs {chosen} here: {backend.explain('attention', DEVICE)['triton']}"
-        if DEVICE.type != "cuda":
-            return "Triton kernels on CPU run in the interpreter (correctness only, not a timing path)"
-    if provider in SDPA and provider != "sdpa_math" and DEVICE.type != "cuda":
-        return f"{provider}: a CUDA-only SDPA backend"
-    return None
+    return harness.kernel_skip_reason("attention", provider, SDPA)
 
 
 def _core_fn(provider):

@@ -107,17 +107,9 @@ def _modules(side, C, H, dtype):
 
 
 def _skip_reason(provider, side):
-    if provider == "clipfast":
-        chosen = backend.select("attention_pool", DEVICE)
-        if chosen != "triton":
-            return f"clipfast's attention_pool runs {chosen} here: {backend.explain('attention_pool', DEVICE)['triton']}"
-        if DEVICE.type != "cuda":
-            return "Triton kernels on CPU run in the interpreter (correctness only, not a timing path)"
     if provider in ("clipfast_module", "open_clip") and side is None:
         return "AttentionPool2d is the ResNet tower's (RN shapes only)"
-    if provider in SDPA and provider != "sdpa_math" and DEVICE.type != "cuda":
-        return f"{provider}: a CUDA-only SDPA backend"
-    return None
+    return harness.kernel_skip_reason("attention_pool", provider, SDPA)
 
 
 def _step(fn, mode, inputs, grad):

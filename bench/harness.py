@@ -27,6 +27,8 @@ import time
 import pytest
 import torch
 
+from clipfast import backend
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Providers that need a package beyond clipfast/torch, and the module whose import proves it is usable.
@@ -53,6 +55,22 @@ def require(provider):
     """Import what ``provider`` needs (``pytest.skip`` when it is not installed); returns the module or None."""
     module = OPTIONAL_PROVIDERS.get(provider)
     return pytest.importorskip(module) if module else None
+
+
+def kernel_skip_reason(op, provider, sdpa_backends=()):
+    """Why ``provider`` of ``op`` is not timed on this device, or None. ``clipfast``: its Triton kernels only
+    count on CUDA (on CPU they run in the interpreter, or not at all); an SDPA backend other than ``sdpa_math``
+    (``sdpa_backends``: the provider names that are SDPA backends) is CUDA-only."""
+    device = _device()
+    if provider == "clipfast":
+        chosen = backend.select(op, device)
+        if chosen != "triton":
+            return f"clipfast's {op} runs {chosen} here: {backend.explain(op, device)['triton']}"
+        if device.type != "cuda":
+            return "Triton kernels on CPU run in the interpreter (correctness only, not a timing path)"
+    if provider in sdpa_backends and provider != "sdpa_math" and device.type != "cuda":
+        return f"{provider}: a CUDA-only SDPA backend"
+    return None
 
 
 def available(provider):
