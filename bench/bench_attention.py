@@ -21,7 +21,7 @@ convention: fwd ``4·B·H·L²·D``, halved when causal; backward 2.5× the forw
 fused kernel moves over the mean time: fwd reads q, k, v and writes o; the backward also reads q, k, v, o,
 dO and writes dqkv), ``useful_share_clipfast`` (real scores / computed scores of clipfast's tiles; the lower
 of forward and backward in ``fwd_bwd``), ``useful_share_fa2`` (the same for FA2's 128 × 128 tiles),
-``backend``, ``peak_mb`` (CUDA only).
+``backend``, ``peak_mb`` (``harness.peak_memory``: CUDA allocator peak, or CPU peak RSS).
 
 Run: ``pytest bench/bench_attention.py --benchmark-only`` (CPU: small batches, the reference and SDPA math
 only; GPU: the real CLIP shapes). The static table (no timing): ``python bench/bench_attention.py``.

@@ -18,7 +18,7 @@ output):
 
 Modes ``fwd`` and ``fwd_bwd``. ``extra_info``: ``tflop_s`` (``4·B·H·L·D`` forward, 2.5× that backward),
 ``gb_s`` (minimum bytes over the mean time: fwd reads q and kv and writes o; the backward also reads q, kv,
-o, dO and writes dq and dkv), ``backend``, ``peak_mb`` (CUDA only).
+o, dO and writes dq and dkv), ``backend``, ``peak_mb`` (``harness.peak_memory``).
 
 Run: ``pytest bench/bench_attention_pool.py --benchmark-only``; static table: ``python bench/bench_attention_pool.py``.
 """
