@@ -35,6 +35,7 @@ import harness
 from shapes import DEVICE, TRAIN_STEP
 import clipfast
 from clipfast.precision import set_model_precision
+from clipfast.train.config import TrainConfig
 from clipfast.train.distributed import DistInfo
 from clipfast.train.trainer import TrainData, Trainer
 
@@ -52,11 +53,8 @@ OPTIMIZER_MODES = {
 
 
 def trainer_args(precision=PRECISION, **optimizer):
-    args = argparse.Namespace(accum_freq=1, epochs=1, lr=1e-4, wd=0.2, beta1=0.9, beta2=0.98, eps=1e-6, warmup=10,
-                              precision=precision, grad_clip_norm=1.0, lr_scheduler="cosine", seed=0)
-    for key, value in optimizer.items():
-        setattr(args, key, value)
-    return args
+    return TrainConfig(accum_freq=1, epochs=1, lr=1e-4, wd=0.2, beta1=0.9, beta2=0.98, eps=1e-6, warmup=10,
+                       precision=precision, grad_clip_norm=1.0, lr_scheduler="cosine", seed=0, no_progress=True, **optimizer)
 
 
 def make_step(provider, shape, *, grad_checkpointing=False, optimizer_mode="torch_adamw"):
