@@ -31,7 +31,8 @@ packed T rows beat trimming the batch to ``max(eot) + 1`` (B * max rows) — ``b
 ``clipfast_trimmed`` provider.
 
 Host synchronisation: the layout reads the lengths on the host (once per forward; the packed size T is a
-shape). ``torch.compile`` breaks the graph there.
+shape). ``torch.compile`` would break the graph there, so ``CLIP.encode_text`` takes the padded path while
+compiling (one graph; ``fullgraph=True`` works) and this one in eager mode.
 """
 import torch
 
