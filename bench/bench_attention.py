@@ -50,8 +50,7 @@ SHAPES = {
 }
 CPU_BATCH = {"vit_b32": 8, "text": 8, "vit_b16": 2, "vit_l14": 1, "vit_l14_336": 1, "vit_h14": 1}
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32]
-SDPA = {"sdpa_math": "MATH", "sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
-        "sdpa_cudnn": "CUDNN_ATTENTION"}
+SDPA = harness.SDPA
 PROVIDERS = ["clipfast", "reference", *SDPA, "xformers", "flash_attn", "clipfast_layer", "open_clip"]
 MODES = ["fwd", "fwd_bwd"]
 

@@ -46,8 +46,7 @@ SHAPES = {
 }
 CPU_BATCH = 8
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32]
-SDPA = {"sdpa_math": "MATH", "sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
-        "sdpa_cudnn": "CUDNN_ATTENTION"}
+SDPA = harness.SDPA
 PROVIDERS = ["clipfast", "reference", *SDPA, "xformers", "flash_attn", "clipfast_module", "open_clip"]
 MODES = ["fwd", "fwd_bwd"]
 

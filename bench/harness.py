@@ -57,6 +57,11 @@ def require(provider):
     return pytest.importorskip(module) if module else None
 
 
+# SDPA backends by provider name (``torch.nn.attention.SDPBackend`` members), for the attention benches.
+SDPA = {"sdpa_math": "MATH", "sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
+        "sdpa_cudnn": "CUDNN_ATTENTION"}
+
+
 def kernel_skip_reason(op, provider, sdpa_backends=()):
     """Why ``provider`` of ``op`` is not timed on this device, or None. ``clipfast``: its Triton kernels only
     count on CUDA (on CPU they run in the interpreter, or not at all); an SDPA backend other than ``sdpa_math``

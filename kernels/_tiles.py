@@ -148,3 +148,13 @@ def check_features(a, b):
     if a.device != b.device:
         raise ValueError(f"a and b must be on the same device, got {a.device} and {b.device}")
     return (a if a.stride(1) == 1 else a.contiguous()), (b if b.stride(1) == 1 else b.contiguous())
+
+
+def aot_launch_shapes(dtype):
+    """The (M, N, d, every_variant) blocks both losses' ``aot_launches`` use: a CLIP batch (N = 32768, d = 512:
+    sizes and strides divisible by 16), the 16-bit classes d = 96 (BLOCK_D 32) and d = 80 (d % 32 != 0: the
+    odd-d backward), and an odd block (1000 x 777, d = 72: nothing divisible by 16)."""
+    shapes = [(32768, 32768, 512, True), (4096, 4096, 80, True), (1000, 777, 72, False)]
+    if dtype != torch.float32:  # fp32 has one BLOCK_D and one config per kind
+        shapes.insert(1, (4096, 4096, 96, True))
+    return shapes

@@ -42,7 +42,7 @@ import triton.language as tl
 from . import _aot
 from ._common import DTYPE_NAMES, check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile, softplus  # noqa: F401 (AOT report)
-from ._tiles import check_features, config, splits
+from ._tiles import aot_launch_shapes, check_features, config, splits
 
 
 @triton.jit
@@ -232,9 +232,7 @@ def aot_launches():
     meta = dict(device="meta")
     one = torch.empty(1, **meta)
     for dtype, ty in DTYPE_NAMES.items():
-        shapes = [(32768, 32768, 512, True), (4096, 4096, 80, True), (1000, 777, 72, False)]
-        if dtype != torch.float32:  # fp32 has one BLOCK_D and one config per kind
-            shapes.insert(1, (4096, 4096, 96, True))
+        shapes = aot_launch_shapes(dtype)
         for m, n, d, every_variant in shapes:
             a, b = torch.empty(m, d, dtype=dtype, **meta), torch.empty(n, d, dtype=dtype, **meta)
             tag = f"{ty} {m}x{n} d={d}"
