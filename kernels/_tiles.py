@@ -133,6 +133,21 @@ def splits(n_row_blocks, n_col_tiles, kind="fwd"):
     return -(-n_col_tiles // tiles_per_split), tiles_per_split
 
 
+def row_groups(m, n, block_m, block_n):
+    """(n_groups, blocks_per_group, n_splits, tiles_per_split): the contrastive forward's grid. A program
+    walks ``blocks_per_group`` row blocks × ``tiles_per_split`` column tiles and merges its column
+    partials across its row blocks, so the partials take 8·(n_groups·N + n_splits·M) bytes: O(N). For
+    P ≈ TARGET_PROGRAMS programs (n_groups·n_splits = P) that sum is least at n_groups ≈ √(P·M/N):
+    M = N = 32768 (128 × 64 tiles) → 22 groups × 24 splits, 12 MB; M = N = 262144 → 23 × 23, 96 MB
+    (one group per row block, as before grouping: (M/128)·N·8 = 4.3 GB at 262144)."""
+    n_row_blocks, n_col_tiles = -(-m // block_m), -(-n // block_n)
+    programs = min(TARGET_PROGRAMS, n_row_blocks * n_col_tiles)
+    groups = min(n_row_blocks, max(1, round((programs * m / n) ** 0.5)))
+    blocks_per_group = -(-n_row_blocks // groups)
+    n_groups = -(-n_row_blocks // blocks_per_group)
+    return (n_groups, blocks_per_group, *splits(n_groups, n_col_tiles))
+
+
 def check_features(a, b):
     """(a, b) as the launchers take them: 2-D, one dtype/device/d, unit stride along d (copied if not)."""
     for name, t in (("a", a), ("b", b)):

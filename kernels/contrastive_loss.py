@@ -15,13 +15,16 @@ LSEs and per-row/column coefficients (``coef = grad_out · 0.5 / N`` for the pla
 
 Algorithm.
 
-* Forward (``_contrastive_loss_fwd_kernel``): grid (row blocks, column splits). A program owns BLOCK_M
-  rows and walks the column tiles of its split; each S tile is built with a loop over d in BLOCK_D
+* Forward (``_contrastive_loss_fwd_kernel``): grid (row groups, column splits) from
+  ``_tiles.row_groups``. A program walks the row blocks of its group (BLOCK_M rows each) one after the
+  other, and for each the column tiles of its split; each S tile is built with a loop over d in BLOCK_D
   chunks (``tl.dot``, fp32 accumulation) and used for BOTH directions: the row LSE with an online max
-  (kept in registers across tiles) and the column (max, Σexp) of the tile, stored as a partial. Partials
-  live in fp32 buffers (splits, M) and (row blocks, N), in base-2 units (the kernel works with exp2 and
-  S·log2(e)). ``_contrastive_loss_lse_kernel`` then merges the partials of each row/column in a fixed
-  order, so the LSEs are bitwise deterministic. One N²d matmul.
+  (kept in registers across the split's tiles, stored once per row block) and the column (max, Σexp) of
+  the tile, merged into the group's column partial (a read-modify-write of columns only this program
+  owns). Partials live in fp32 buffers (splits, M) and (groups, N), in base-2 units (the kernel works
+  with exp2 and S·log2(e)). ``_contrastive_loss_lse_kernel`` then merges the partials of each row/column
+  in a fixed order, so the LSEs are bitwise deterministic. One N²d matmul; the partials' traffic is
+  16 bytes per row and column of a tile, < 1 % of its feature reads at d ≥ 64.
 * Backward (``_contrastive_loss_bwd_kernel``): same grid; each S tile is recomputed once from a and b
   and turned into P with the saved LSEs, then a second loop over d chunks adds P·b[:, chunk] into this
   program's rows of da (read-modify-write of rows only this program owns: deterministic) and, with
@@ -67,9 +70,15 @@ frame for sm_80 and sm_90 with the JIT's specialisation:
 (fp32 runs ``ieee`` FMA dots, not tensor cores: compute-bound far below these bandwidths.) Larger
 tiles/chunks spill (128×128 at d % 32 ≠ 0, BLOCK_D 64 in the 16-bit backward, BLOCK_D 32 in fp32).
 
-Memory besides inputs/outputs: forward (M/BLOCK_M)·N·8 + splits·M·8 bytes of partials (16-bit,
-BLOCK_M = 128: 67 MB at M = N = 32k, but 4.3 GB at 256k — quadratic, not yet O(N); fp32, BLOCK_M = 64:
-twice that); backward da (M·d·4 per split, splits > 1 only for few row blocks) and db (N·d·4) in fp32.
+Memory besides inputs and outputs, O(M + N): the forward's partials, 8·(groups·N + splits·M) bytes with
+groups·splits ≈ 512 programs and groups ≈ √(512·M/N) (``_tiles.row_groups``): 12 MB at M = N = 32768,
+97 MB at 262144 (it was (M/BLOCK_M)·N·8 = 4.3 GB there before row groups). The backward's gradients are
+fp32 (M·d·4 and N·d·4: da rows are accumulated across column tiles, db by atomics); beside them it
+allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MB at 262144 (and da
+partials (splits, M, d) when M < 256·BLOCK_M rows split the columns: splits·M ≤ 256·BLOCK_M + M rows,
+independent of N). These are the launchers' own allocations, counted by
+``_launcher_memory.launcher_memory`` on meta tensors (``test_contrastive_loss_kernel.py::
+test_launcher_memory_is_linear``).
 
 Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
 M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
@@ -82,9 +91,8 @@ import triton.language as tl
 from . import _aot
 from ._common import DTYPE_NAMES, check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
-from ._tiles import aot_launch_shapes, check_features, config, splits
+from ._tiles import aot_launch_shapes, check_features, config, row_groups, splits
 
-# Programs to aim for when choosing column splits (≈ 4 waves of an H100's 132 SMs).
 _LSE_BLOCK = 256
 _LSE_WARPS, _LSE_STAGES = 4, 1
 
@@ -93,54 +101,68 @@ _LSE_WARPS, _LSE_STAGES = 4, 1
 def _contrastive_loss_fwd_kernel(
     a_ptr, b_ptr, scale_ptr,
     row_max_ptr, row_sum_ptr,  # (n_splits, M) fp32: partial row max / Σexp2 (base 2) per column split
-    col_max_ptr, col_sum_ptr,  # (n_row_blocks, N) fp32: partial column max / Σexp2 per row block
+    col_max_ptr, col_sum_ptr,  # (n_groups, N) fp32: partial column max / Σexp2 per group of row blocks
     pos_ptr,  # (M,) fp32, zero-initialised: a_i·b_{i + pos_offset} (written when HAS_POS)
     M, N, D,
     stride_am, stride_bn,  # row strides of a and b (elements); stride along d is 1
+    blocks_per_group,  # row blocks each program walks
     tiles_per_split,  # column tiles each program walks
     pos_offset,  # column of row 0's positive
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_POS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_g = tl.program_id(0)
     pid_s = tl.program_id(1)
     scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634  # s · log2(e)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = offs_m < M
     offs_d = tl.arange(0, BLOCK_D)
-    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
-
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     n_start = pid_s * tiles_per_split * BLOCK_N
     n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_valid = offs_n < N
-        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
-        acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
-                       BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
-        if HAS_POS:  # each row's positive lies in exactly one column tile: one store per row
-            pos_col = offs_m + pos_offset
-            has = row_valid & (pos_col >= n0) & (pos_col < n0 + BLOCK_N) & (pos_col < N)
-            pos = tl.sum(tl.where(offs_n[None, :] == pos_col[:, None], acc, 0.0), axis=1)
-            tl.store(pos_ptr + offs_m, pos, mask=has)
-        s2 = acc * scale2
-        # Rows: online max over the column tiles (every tile has ≥ 1 valid column, so m_new is finite).
-        s_r = tl.where(col_valid[None, :], s2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s_r - m_new[:, None]), axis=1)
-        m_i = m_new
-        # Columns: this row block's (max, Σexp2) of each column (≥ 1 valid row, so c_max is finite).
-        s_c = tl.where(row_valid[:, None], s2, float("-inf"))
-        c_max = tl.max(s_c, axis=0)
-        c_sum = tl.sum(tl.exp2(s_c - c_max[None, :]), axis=0)
-        col_off = pid_m.to(tl.int64) * N + offs_n
-        tl.store(col_max_ptr + col_off, c_max, mask=col_valid)
-        tl.store(col_sum_ptr + col_off, c_sum, mask=col_valid)
-    row_off = pid_s.to(tl.int64) * M + offs_m
-    tl.store(row_max_ptr + row_off, m_i, mask=row_valid)
-    tl.store(row_sum_ptr + row_off, l_i, mask=row_valid)
+    rb_start = pid_g * blocks_per_group
+    rb_end = tl.minimum(tl.cdiv(M, BLOCK_M), rb_start + blocks_per_group)
+    col_part = pid_g.to(tl.int64) * N  # this group's row of the column partials
+    for rb in range(rb_start, rb_end):
+        offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_valid = offs_m < M
+        a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+        merge_cols = rb > rb_start  # the group's earlier row blocks left partials of these columns
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            col_valid = offs_n < N
+            b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+            acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
+                           BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
+            if HAS_POS:  # each row's positive lies in exactly one column tile: one store per row
+                pos_col = offs_m + pos_offset
+                has = row_valid & (pos_col >= n0) & (pos_col < n0 + BLOCK_N) & (pos_col < N)
+                pos = tl.sum(tl.where(offs_n[None, :] == pos_col[:, None], acc, 0.0), axis=1)
+                tl.store(pos_ptr + offs_m, pos, mask=has)
+            s2 = acc * scale2
+            # Rows: online max over the column tiles (every tile has ≥ 1 valid column, so m_new is finite).
+            s_r = tl.where(col_valid[None, :], s2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s_r - m_new[:, None]), axis=1)
+            m_i = m_new
+            # Columns: this row block's (max, Σexp2) of each column (≥ 1 valid row, so c_max is finite),
+            # merged into the group's partial, which only this program writes (read-modify-write).
+            s_c = tl.where(row_valid[:, None], s2, float("-inf"))
+            c_max = tl.max(s_c, axis=0)
+            c_sum = tl.sum(tl.exp2(s_c - c_max[None, :]), axis=0)
+            col_ptrs = col_part + offs_n
+            if merge_cols:
+                p_max = tl.load(col_max_ptr + col_ptrs, mask=col_valid, other=0.0)
+                p_sum = tl.load(col_sum_ptr + col_ptrs, mask=col_valid, other=0.0)
+                g_max = tl.maximum(p_max, c_max)
+                c_sum = c_sum * tl.exp2(c_max - g_max) + p_sum * tl.exp2(p_max - g_max)
+                c_max = g_max
+            tl.store(col_max_ptr + col_ptrs, c_max, mask=col_valid)
+            tl.store(col_sum_ptr + col_ptrs, c_sum, mask=col_valid)
+        row_off = pid_s.to(tl.int64) * M + offs_m
+        tl.store(row_max_ptr + row_off, m_i, mask=row_valid)
+        tl.store(row_sum_ptr + row_off, l_i, mask=row_valid)
+        # The next row block re-reads column partials other threads of this program stored.
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -271,20 +293,19 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
         raise TypeError(f"positive_offset: expected an int or None, got {type(positive_offset).__name__}")
     (m, d), n = a.shape, b.shape[0]
     dev = a.device
-    pos = torch.zeros(m, device=dev, dtype=torch.float32)
+    pos = torch.zeros(m, device=dev, dtype=torch.float32) if has_pos else None
     if m == 0 or n == 0:
         out = (torch.full((m,), float("-inf"), device=dev), torch.full((n,), float("-inf"), device=dev))
         return (*out, pos) if has_pos else out
     bm, bn, bd, warps, stages = config("fwd", a.dtype, d)
-    n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn))
+    n_groups, blocks_per_group, n_splits, tiles_per_split = row_groups(m, n, bm, bn)
     row_max = torch.empty(n_splits, m, device=dev, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)
-    col_max = torch.empty(n_row_blocks, n, device=dev, dtype=torch.float32)
+    col_max = torch.empty(n_groups, n, device=dev, dtype=torch.float32)
     col_sum = torch.empty_like(col_max)
-    _contrastive_loss_fwd_kernel[(n_row_blocks, n_splits)](
-        a, b, scale, row_max, row_sum, col_max, col_sum, pos, m, n, d, a.stride(0), b.stride(0), tiles_per_split,
-        positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
+    _contrastive_loss_fwd_kernel[(n_groups, n_splits)](
+        a, b, scale, row_max, row_sum, col_max, col_sum, pos if has_pos else row_max, m, n, d, a.stride(0), b.stride(0), blocks_per_group,
+        tiles_per_split, positive_offset or 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, UPCAST=dev.type == "cpu",
         INPUT_PRECISION=input_precision(a.dtype), num_warps=warps, num_stages=stages)
     out = (_merge_lse(row_max, row_sum), _merge_lse(col_max, col_sum))
     return (*out, pos) if has_pos else out

@@ -224,6 +224,57 @@ def test_splits_never_empty():
             assert 1 <= splits <= n_col_tiles and (splits - 1) * per < n_col_tiles <= splits * per
 
 
+def test_row_groups_cover_every_block_once():
+    for m, n, bm, bn in [(1, 1, 128, 64), (300, 200, 64, 64), (32768, 32768, 128, 64), (1024, 262144, 128, 64),
+                         (262144, 1000, 64, 64), (262144, 262144, 128, 64)]:
+        groups, per_group, n_splits, per_split = tiles.row_groups(m, n, bm, bn)
+        n_row_blocks, n_col_tiles = -(-m // bm), -(-n // bn)
+        assert (groups - 1) * per_group < n_row_blocks <= groups * per_group
+        assert (n_splits - 1) * per_split < n_col_tiles <= n_splits * per_split
+        assert groups * n_splits <= max(1.1 * tiles.TARGET_PROGRAMS, n_row_blocks * n_col_tiles)
+    assert tiles.row_groups(32768, 32768, 128, 64) == (22, 12, 24, 22)
+    assert tiles.row_groups(262144, 262144, 128, 64) == (23, 90, 23, 179)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_grouped_rows_and_split_columns(monkeypatch, dtype):
+    """Programs walking several row blocks (an uneven last group) merge their column partials exactly."""
+    monkeypatch.setattr(tiles, "TARGET_PROGRAMS", 4)
+    m, n, d = 300, 200, 48
+    bm = tiles.config("fwd", dtype, d)[0]
+    assert tiles.row_groups(m, n, bm, 64) == ((2, 3, 2, 2) if bm == 64 else (2, 2, 2, 2))
+    a, b = _features(m, d, dtype), _features(n, d, dtype)
+    scale = torch.tensor(100.0)
+    lse_row, lse_col, pos = K.contrastive_loss_fwd(a, b, scale, positive_offset=-3)
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
+    assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
+    ref_pos = torch.zeros(m, dtype=torch.float64)
+    ref_pos[3:n + 3] = (a.double()[3:n + 3] * b.double()).sum(1)  # row i's positive: column i − 3
+    assert_close(pos, ref_pos, dtype=torch.float32, name="pos")
+
+
+def test_launcher_memory_is_linear():
+    """The launchers' own allocations (counted on meta tensors, nothing runs) beside the fp32 gradients: O(N),
+    ≤ 128 MB at N = 262144 for the forward and backward together (4.3 GB for the forward before row groups)."""
+    from clipfast.kernels._launcher_memory import launcher_memory
+
+    d, meta = 512, dict(device="meta")
+    workspace = {}
+    for n in (32768, 262144):
+        a, b = torch.empty(n, d, dtype=torch.float16, **meta), torch.empty(n, d, dtype=torch.float16, **meta)
+        scale, vec = torch.empty(1, **meta), torch.empty(n, **meta)
+        fwd = launcher_memory(K.contrastive_loss_fwd, a, b, scale, positive_offset=0)
+        assert fwd.returned == 3 * n * 4  # lse_row, lse_col, the positives' dots
+        for det in (False, True):
+            bwd = launcher_memory(K.contrastive_loss_bwd, a, b, scale, vec, vec, vec, vec, positive=(0, vec),
+                                  deterministic=det)
+            assert bwd.returned == 2 * n * d * 4 + 4  # da, db (fp32), dscale
+            workspace[n, det] = fwd.workspace + bwd.workspace
+    assert max(workspace[262144, det] for det in (False, True)) <= 128 * 2**20
+    assert workspace[262144, True] <= 8.2 * workspace[32768, True]
+
+
 def test_deterministic_mode_is_bitwise_reproducible():
     m, n, d = 33, 65, 64
     a, b = _features(m, d, torch.float16), _features(n, d, torch.float16)
