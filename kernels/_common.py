@@ -1,4 +1,5 @@
 """Names shared by every kernel module (Liger's ``ops/utils.py`` role): keep one definition here."""
+import contextlib
 import importlib.util
 import os
 
@@ -9,8 +10,35 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 
 
 def input_precision(dtype):
-    """``tl.dot``'s input precision: exact fp32 products for fp32 inputs, the tensor-core path for 16-bit."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """``tl.dot``'s input precision. fp16/bf16: the tensor cores ("tf32" is ignored for them). fp32:
+    ``"ieee"`` (exact fp32 products on the FMA units) by default, or ``"tf32x3"`` when the user allows
+    TF32 for fp32 matmuls (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy
+    ``allow_tf32 = True`` / ``torch.set_float32_matmul_precision("high")``): three TF32 tensor-core
+    products a_hi·b_hi + a_hi·b_lo + a_lo·b_hi, ≈ 2⁻²² relative error per product, near fp32 — never
+    plain TF32, whose 2⁻¹¹ would cost the losses ≈ 0.05 in a logit at scale 100. Read at each launch."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32x3" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "ieee"
+
+
+@contextlib.contextmanager
+def fp32_precision(value):
+    """``torch.backends.cuda.matmul.fp32_precision`` set to ``value`` ("tf32", "ieee", "none") inside."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = value
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved
+
+
+def with_fp32_precision(value, fn):
+    """``fn`` run under ``fp32_precision(value)`` (for the AOT launch lists: the precision is read at launch)."""
+    def run(*args, **kwargs):
+        with fp32_precision(value):
+            return fn(*args, **kwargs)
+    run.__name__ = getattr(fn, "__name__", "launcher")
+    return run
 
 
 def check_scalar(name, t, device):

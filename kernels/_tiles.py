@@ -6,11 +6,13 @@ The host side (``CONFIGS``/``config``, ``splits``, ``check_features``) is the la
 losses share. ``tile_bytes_per_flop`` is the tiles' memory-traffic model (the B/FLOP of every config, in the kernel
 docstrings and the AOT report).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import DTYPE_NAMES
+from ._common import DTYPE_NAMES, with_fp32_precision
 
 
 @triton.jit
@@ -138,8 +140,8 @@ def row_groups(m, n, block_m, block_n):
     walks ``blocks_per_group`` row blocks × ``tiles_per_split`` column tiles and merges its column
     partials across its row blocks, so the partials take 8·(n_groups·N + n_splits·M) bytes: O(N). For
     P ≈ TARGET_PROGRAMS programs (n_groups·n_splits = P) that sum is least at n_groups ≈ √(P·M/N):
-    M = N = 32768 (128 × 64 tiles) → 22 groups × 24 splits, 12 MB; M = N = 262144 → 23 × 23, 96 MB
-    (one group per row block, as before grouping: (M/128)·N·8 = 4.3 GB at 262144)."""
+    M = N = 32768 (128 × 64 tiles) → 22 groups × 24 splits, 11.5 MiB; M = N = 262144 → 23 × 23, 92 MiB
+    (one group per row block, as before grouping: (M/128)·N·8 = 4 GiB at 262144)."""
     n_row_blocks, n_col_tiles = -(-m // block_m), -(-n // block_n)
     programs = min(TARGET_PROGRAMS, n_row_blocks * n_col_tiles)
     groups = min(n_row_blocks, max(1, round((programs * m / n) ** 0.5)))
@@ -163,6 +165,17 @@ def check_features(a, b):
     if a.device != b.device:
         raise ValueError(f"a and b must be on the same device, got {a.device} and {b.device}")
     return (a if a.stride(1) == 1 else a.contiguous()), (b if b.stride(1) == 1 else b.contiguous())
+
+
+def aot_launch_variants():
+    """(dtype, tag, wrap) for the losses' AOT launch lists: each dtype, fp32 twice (``ieee`` dots, and
+    ``tf32x3`` with TF32 allowed: ``_common.input_precision``); ``wrap(launcher)`` runs it so."""
+    for dtype, ty in DTYPE_NAMES.items():
+        if dtype != torch.float32:
+            yield dtype, ty, lambda fn: fn
+            continue
+        for value, tag in (("ieee", ty), ("tf32", f"{ty} tf32x3")):
+            yield dtype, tag, functools.partial(with_fp32_precision, value)
 
 
 def aot_launch_shapes(dtype):

@@ -44,10 +44,13 @@ Precision. fp16/bf16 inputs go to the tensor cores as they are, with fp32 accumu
 input dtype for the backward dots after being divided by ``norm = max|coef|`` (P/norm ∈ [−2, 2], so fp16
 does not flush the ~0.5/N-sized values to subnormals) and multiplied by s; the launcher multiplies the
 result back by ``norm``. fp32 inputs use ``input_precision="ieee"`` (full fp32 products: TF32 would round
-the features to 10 mantissa bits, an S error ≈ 0.05 at s = 100); cast features to bf16 for tensor-core
-speed. Under the Triton interpreter (CPU tensors) operands are upcast to fp32 right after each load
-(bf16 arithmetic is broken there); fp16/bf16 → fp32 is exact and their products are exact in fp32, so
-this computes what the tensor cores compute, except that P is not rounded to the input dtype.
+the features to 10 mantissa bits, an S error ≈ 0.05 at s = 100) unless the user allows TF32 for fp32
+matmuls (``torch.backends.cuda.matmul.fp32_precision = "tf32"`` or the legacy ``allow_tf32``): then
+``"tf32x3"``, three TF32 tensor-core products per dot at ≈ fp32 accuracy (``_common.input_precision``);
+or cast features to bf16 for full tensor-core speed. Under the Triton interpreter (CPU tensors) operands
+are upcast to fp32 right after each load (bf16 arithmetic is broken there; the interpreter's dots ignore
+the input precision); fp16/bf16 → fp32 is exact and their products are exact in fp32, so this computes
+what the tensor cores compute, except that P is not rounded to the input dtype.
 
 Stability: all exponentials are exp2(x − running max) ≤ 1, so any ``scale`` (e.g. 100) and any logits
 that fit fp32 give finite LSEs; exp underflow only drops terms < 2⁻¹²⁶ of the row/column maximum.
@@ -67,14 +70,15 @@ frame for sm_80 and sm_90 with the JIT's specialisation:
     fwd  fp32                    64×64×16       4     2       0.0625
     bwd  fp32                    64×64×16       8     1       0.0729 | 0.0781
 
-(fp32 runs ``ieee`` FMA dots, not tensor cores: compute-bound far below these bandwidths.) Larger
+(fp32 runs ``ieee`` FMA dots, not tensor cores: compute-bound far below these bandwidths; its ``tf32x3``
+variant compiles to TF32 MMAs with the same tiles, no spills.) Larger
 tiles/chunks spill (128×128 at d % 32 ≠ 0, BLOCK_D 64 in the 16-bit backward, BLOCK_D 32 in fp32).
 
 Memory besides inputs and outputs, O(M + N): the forward's partials, 8·(groups·N + splits·M) bytes with
-groups·splits ≈ 512 programs and groups ≈ √(512·M/N) (``_tiles.row_groups``): 12 MB at M = N = 32768,
-97 MB at 262144 (it was (M/BLOCK_M)·N·8 = 4.3 GB there before row groups). The backward's gradients are
+groups·splits ≈ 512 programs and groups ≈ √(512·M/N) (``_tiles.row_groups``): 11.5 MiB at M = N = 32768,
+92 MiB at 262144 (it was (M/BLOCK_M)·N·8 = 4 GiB there before row groups). The backward's gradients are
 fp32 (M·d·4 and N·d·4: da rows are accumulated across column tiles, db by atomics); beside them it
-allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MB at 262144 (and da
+allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MiB at 262144 (5 MiB deterministic; and da
 partials (splits, M, d) when M < 256·BLOCK_M rows split the columns: splits·M ≤ 256·BLOCK_M + M rows,
 independent of N). These are the launchers' own allocations, counted by
 ``_launcher_memory.launcher_memory`` on meta tensors (``test_contrastive_loss_kernel.py::
@@ -89,9 +93,9 @@ import triton
 import triton.language as tl
 
 from . import _aot
-from ._common import DTYPE_NAMES, check_scalar, input_precision
+from ._common import check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
-from ._tiles import aot_launch_shapes, check_features, config, row_groups, splits
+from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, row_groups, splits
 
 _LSE_BLOCK = 256
 _LSE_WARPS, _LSE_STAGES = 4, 1
@@ -403,7 +407,7 @@ def aot_launches():
     deterministic db."""
     meta = dict(device="meta")
     scale = torch.empty(1, **meta)
-    for dtype, ty in DTYPE_NAMES.items():
+    for dtype, ty, wrap in aot_launch_variants():
         shapes = aot_launch_shapes(dtype)
         if dtype == torch.float16:
             shapes.append((256, 256, 512, False))
@@ -412,11 +416,11 @@ def aot_launches():
             vec_m, vec_n = torch.empty(m, **meta), torch.empty(n, **meta)
             tag = f"{ty} {m}x{n} d={d}"
             for pos in ((0, None) if every_variant else (0,)):
-                yield f"{tag} fwd{' pos' if pos is not None else ''}", contrastive_loss_fwd, (a, b, scale), \
+                yield f"{tag} fwd{' pos' if pos is not None else ''}", wrap(contrastive_loss_fwd), (a, b, scale), \
                     {"positive_offset": pos}
                 for det in ((False, True) if every_variant else (False,)):
                     yield (f"{tag} bwd {'det' if det else 'atomic'}{' pos' if pos is not None else ''}",
-                           contrastive_loss_bwd, (a, b, scale, vec_m, vec_n, vec_m, vec_n),
+                           wrap(contrastive_loss_bwd), (a, b, scale, vec_m, vec_n, vec_m, vec_n),
                            {"positive": None if pos is None else (pos, vec_m), "deterministic": det})
 
 

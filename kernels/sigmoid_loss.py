@@ -33,6 +33,8 @@ with e = exp(−|y|) never overflow, at any scale and bias; log1p is computed ac
 so the many tiny negative terms at SigLIP's bias −10 keep fp32 relative accuracy (≤ 1e-6 per row in
 the tests against float64), and terms below 2⁻²⁴ are not dropped.
 
+fp32 dots: ``ieee``, or ``tf32x3`` when TF32 is allowed for fp32 matmuls, as in ``contrastive_loss``.
+
 Limits: as ``contrastive_loss`` (2-D inputs, unit stride along d, float32/float16/bfloat16).
 """
 import torch
@@ -40,9 +42,9 @@ import triton
 import triton.language as tl
 
 from . import _aot
-from ._common import DTYPE_NAMES, check_scalar, input_precision
+from ._common import check_scalar, input_precision
 from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile, softplus  # noqa: F401 (AOT report)
-from ._tiles import aot_launch_shapes, check_features, config, splits
+from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, splits
 
 
 @triton.jit
@@ -231,16 +233,16 @@ def aot_launches():
     atomic and deterministic db."""
     meta = dict(device="meta")
     one = torch.empty(1, **meta)
-    for dtype, ty in DTYPE_NAMES.items():
+    for dtype, ty, wrap in aot_launch_variants():
         shapes = aot_launch_shapes(dtype)
         for m, n, d, every_variant in shapes:
             a, b = torch.empty(m, d, dtype=dtype, **meta), torch.empty(n, d, dtype=dtype, **meta)
             tag = f"{ty} {m}x{n} d={d}"
             for pos in ((0, None) if every_variant else (0,)):
-                yield f"{tag} fwd{' pos' if pos is not None else ''}", sigmoid_loss_fwd, (a, b, one, one, pos), {}
+                yield f"{tag} fwd{' pos' if pos is not None else ''}", wrap(sigmoid_loss_fwd), (a, b, one, one, pos), {}
                 for det in ((False, True) if every_variant else (False,)):
                     yield (f"{tag} bwd {'det' if det else 'atomic'}{' pos' if pos is not None else ''}",
-                           sigmoid_loss_bwd, (a, b, one, one, one, pos), {"deterministic": det})
+                           wrap(sigmoid_loss_bwd), (a, b, one, one, one, pos), {"deterministic": det})
 
 
 def aot_specs():

@@ -223,3 +223,32 @@ def test_hand_written_specs_default_to_aligned_pointers():
     spec = _aot.AotSpec(kernel=object(), signature={"x_ptr": "*fp16", "n": "i32"}, constexprs={"B": 1},
                         num_warps=4, num_stages=1, label="old")
     assert spec.aligned_names() == ("x_ptr",)
+
+
+_PRECISION_PTX = """
+    import json, re, torch
+    from clipfast.kernels import _aot, _common, contrastive_loss as K
+    a = torch.empty(4096, 512, device="meta")
+    out = {}
+    for value in ("ieee", "tf32"):
+        with _common.fp32_precision(value), _aot.capture() as launches:
+            K.contrastive_loss_fwd(a, a, torch.empty(1, device="meta"))
+        spec = _aot.spec_from_launch(launches[0], value)
+        for arch in _aot.ARCHS:
+            ptx = _aot._compile(spec, arch, False)[0].asm["ptx"]
+            out[f"{value} {arch}"] = [spec.constexprs["INPUT_PRECISION"],
+                                      len(re.findall(r"\\b(?:mma\\.sync|wgmma\\.mma_async)\\S*\\.tf32", ptx)),
+                                      len(re.findall(r"\\bfma\\.rn\\.f32", ptx))]
+    print(json.dumps(out))
+"""
+
+
+def test_fp32_tf32_switch_takes_the_tensor_cores():
+    """fp32 loss dots: exact FMA products by default; with TF32 allowed (``fp32_precision = "tf32"``)
+    ``tf32x3``, compiled to TF32 MMA instructions (mma.sync on sm_80, wgmma on sm_90)."""
+    got = json.loads(_run_compiled(_PRECISION_PTX).strip().splitlines()[-1])
+    for arch in _aot.ARCHS:
+        precision, mma, fma = got[f"ieee {arch}"]
+        assert precision == "ieee" and mma == 0 and fma >= 512, got  # 64×64×16 tile: ≥ 64·64·16/(128 threads) FMAs
+        precision, mma, fma = got[f"tf32 {arch}"]
+        assert precision == "tf32x3" and mma > 0 and fma < 64, got

@@ -5,12 +5,16 @@ results of exact inputs with fp32 accumulation, so they are held to the fp32 tol
 dtype; gradients to the input dtype's tolerance (on a GPU P is rounded to it) and to the
 flash-attention rule against PyTorch in the input dtype.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clipfast.kernels import contrastive_loss as K
 from clipfast.kernels import _tiles as tiles
+from clipfast.kernels._common import DTYPE_NAMES
 from tests.numerics import assert_close, assert_matches_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -329,18 +333,61 @@ def test_bad_inputs():
 
 def test_aot_specs_cover_every_heuristic_choice():
     """Every config the launchers can pick for d in 1…1280 is compiled by the AOT test."""
-    listed = {(spec.kernel.__name__, spec.signature["a_ptr"] if "a_ptr" in spec.signature else None,
+    specs = K.aot_specs()
+    listed = {(spec.kernel.__name__, spec.signature.get("a_ptr"), spec.constexprs.get("INPUT_PRECISION"),
                tuple(spec.constexprs.get(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")), spec.num_warps,
-               spec.num_stages) for spec in K.aot_specs()}
-    listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["ATOMIC_DB"], spec.constexprs["BLOCK_D"])
-                  for spec in K.aot_specs() if spec.kernel is K._contrastive_loss_bwd_kernel}
-    for dtype, ty in K.DTYPE_NAMES.items():
-        for d in range(1, 1281):
-            for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
-                bm, bn, bd, warps, stages = tiles.config(kind, dtype, d)
-                assert (kernel.__name__, f"*{ty}", (bm, bn, bd), warps, stages) in listed, (kind, dtype, d)
-            for atomic in (True, False):
-                assert (f"*{ty}", atomic, tiles.block_d(d, dtype)) in listed_bwd
+               spec.num_stages) for spec in specs}
+    listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["INPUT_PRECISION"], spec.constexprs["ATOMIC_DB"],
+                   spec.constexprs["BLOCK_D"]) for spec in specs if spec.kernel is K._contrastive_loss_bwd_kernel}
+    for dtype, ty in DTYPE_NAMES.items():
+        for precision in (("ieee", "tf32x3") if dtype == torch.float32 else ("tf32",)):
+            for d in range(1, 1281):
+                for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
+                    bm, bn, bd, warps, stages = tiles.config(kind, dtype, d)
+                    assert (kernel.__name__, f"*{ty}", precision, (bm, bn, bd), warps, stages) in listed, (kind, d)
+                for atomic in (True, False):
+                    assert (f"*{ty}", precision, atomic, tiles.block_d(d, dtype)) in listed_bwd
+
+
+def test_fp32_dots_follow_torchs_tf32_switch():
+    """fp32: ``ieee`` by default, ``tf32x3`` once TF32 is allowed, through the new API (here) or the legacy
+    ones (a fresh process: torch refuses some reads after mixing them); 16-bit dots ignore it."""
+    from clipfast.kernels._common import fp32_precision, input_precision
+
+    assert input_precision(torch.float32) == "ieee" and input_precision(torch.float16) == "tf32"
+    with fp32_precision("tf32"):
+        assert input_precision(torch.float32) == "tf32x3" and input_precision(torch.bfloat16) == "tf32"
+        a, b = _features(70, 48, torch.float32), _features(65, 48, torch.float32)  # the launch path runs
+        lse_row, lse_col = K.contrastive_loss_fwd(a, b, torch.tensor(100.0))  # (the interpreter's dots are fp32)
+        assert_close(lse_col, _lse_ref(a, b, torch.tensor(100.0))[1], dtype=torch.float32, name="lse_col")
+    assert input_precision(torch.float32) == "ieee"
+    code = ("import torch; from clipfast.kernels._common import input_precision as p; {}; print(p(torch.float32))")
+    for legacy in ("torch.backends.cuda.matmul.allow_tf32 = True", "torch.set_float32_matmul_precision('high')"):
+        out = subprocess.run([sys.executable, "-c", code.format(legacy)], capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["tf32x3"], (legacy, out.stdout, out.stderr)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,d", [(1000, 777, 512), (257, 2049, 1280)])
+def test_gpu_tf32x3_is_near_fp32(m, n, d):
+    """With TF32 allowed the fp32 dots run as tf32x3: within the fp32 rule (2 × PyTorch's fp32 error + the
+    fp32 floor) of the fp64 oracle at scale 100, where plain TF32 (≈ 0.05 per logit) would fail."""
+    from clipfast.kernels._common import fp32_precision
+
+    a, b = _features(m, d, torch.float32, "cuda"), _features(n, d, torch.float32, "cuda")
+    scale = torch.tensor(100.0, device="cuda")
+    ref_row, ref_col = _lse_ref(a, b, scale)
+    torch_row, torch_col = _lse_ref(a, b, scale, dtype=torch.float32)  # PyTorch's default: ieee fp32
+    with fp32_precision("tf32"):
+        lse_row, lse_col = K.contrastive_loss_fwd(a, b, scale)
+        coef_row, coef_col = torch.full((m,), 0.5 / m, device="cuda"), torch.full((n,), 0.5 / n, device="cuda")
+        da, db, _ = K.contrastive_loss_bwd(a, b, scale, ref_row.float(), ref_col.float(), coef_row, coef_col)
+    assert_matches_reference(lse_row, torch_row, ref_row, name="lse_row")
+    assert_matches_reference(lse_col, torch_col, ref_col, name="lse_col")
+    exact = _grads_ref(a, b, scale, ref_row, ref_col, coef_row, coef_col)
+    same = _grads_ref(a, b, scale, ref_row, ref_col, coef_row, coef_col, dtype=torch.float32)
+    assert_matches_reference(da, same[0], exact[0], name="da")
+    assert_matches_reference(db, same[1], exact[1], name="db")
 
 
 @pytest.mark.gpu

@@ -173,18 +173,22 @@ def test_opcheck(backend_name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True), (torch.float16, False),
+                                        (torch.bfloat16, False)])
 @pytest.mark.parametrize("n,d", [(1000, 512), (4097, 768)])
-def test_gpu_triton_matches_reference(monkeypatch, n, d, dtype):
+def test_gpu_triton_matches_reference(monkeypatch, n, d, dtype, tf32):
     """CUDA, the public op on the Triton kernels at CLIP batch sizes: loss and all four gradients against the
-    float64 full matrix — fp32 by the flash-attention rule, fp16/bf16 as ``test_half_features_at_scale_100``."""
+    float64 full matrix — fp32 by the flash-attention rule (also with TF32 allowed: the kernels' tf32x3 dots,
+    against PyTorch's ieee fp32), fp16/bf16 as ``test_half_features_at_scale_100``."""
     from clipfast import backend
+    from clipfast.kernels._common import fp32_precision
 
     monkeypatch.setenv("CLIPFAST_BACKEND", "triton")
     assert backend.select("sigmoid_loss", torch.device("cuda")) == "triton"
     i, t = (v.cuda() for v in _pairs(n, d, dtype))
     inputs = (i, t, torch.tensor(10.0, device="cuda"), torch.tensor(-10.0, device="cuda"))
-    ours = _grads(sigmoid_loss, inputs)
+    with fp32_precision("tf32" if tf32 else "ieee"):
+        ours = _grads(sigmoid_loss, inputs)
     exact = _grads(sigmoid_loss_ref, inputs, torch.float64)
     assert all(torch.isfinite(g).all() for g in ours)
     if dtype == torch.float32:
