@@ -98,7 +98,8 @@ def _row_cross_entropy_backward_op(grad: torch.Tensor, a: torch.Tensor, b: torch
     g = grad.to(torch.float64).contiguous()
     da, db, dscale = lse_block_bwd(a, b, scale, lse_row, None, g, None, diag=(offset, g), chunk_size=chunk_size,
                                    backend=backend)
-    return da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape)
+    da = da.to(a.dtype)  # frees da's fp32 accumulator before db's 16-bit copy is made
+    return da, db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape)
 
 
 @_row_cross_entropy_backward_op.register_fake

@@ -85,7 +85,8 @@ def _loss_backward(engine, grad, a, b, scale, lse_row, lse_col):
     g = grad.to(acc_dtype(a))
     coef = (g * 0.5 / n).expand(n).contiguous()
     da, db, dscale = engine.backward(a, b, scale, lse_row, lse_col, coef, coef, g / n)
-    return da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape)
+    da = da.to(a.dtype)  # frees da's fp32 accumulator before db's 16-bit copy is made
+    return da, db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape)
 
 
 @torch.library.custom_op("clipfast::contrastive_loss", mutates_args=())

@@ -49,7 +49,8 @@ def _loss_forward(engine, a, b, scale, bias):
 
 def _loss_backward(engine, grad, a, b, scale, bias):
     da, db, dscale, dbias = engine.backward(a, b, scale, bias, grad.double() / a.shape[0])
-    return (da.to(a.dtype), db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape),
+    da = da.to(a.dtype)  # frees da's fp32 accumulator before db's 16-bit copy is made
+    return (da, db.to(b.dtype), dscale.to(scale.dtype).reshape(scale.shape),
             dbias.to(bias.dtype).reshape(bias.shape))
 
 
