@@ -41,6 +41,17 @@ def test_fp32_matches_reference(n, d, scale, bias):
         assert_matches_reference(o, r, e, name=name)
 
 
+def _assert_half_grads(ours, exact, dtype):
+    """16-bit features: loss and d(scale), d(bias) in fp32 to fp32's tolerance; feature gradients in the
+    input dtype to its tolerance."""
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
+    assert_close(ours[0], exact[0], dtype=torch.float32, name="loss")
+    for name, o, e in zip(NAMES[1:3], ours[1:3], exact[1:3]):
+        assert_close(o, e.to(dtype), dtype=dtype, name=name)
+    for name, o, e in zip(NAMES[3:], ours[3:], exact[3:]):
+        assert_close(o, e, dtype=torch.float32, name=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_features_at_scale_100(dtype):
     i, t = _pairs(300, 128, dtype)
@@ -48,12 +59,7 @@ def test_half_features_at_scale_100(dtype):
     ours = _grads(lambda *x: sigmoid_loss(*x, chunk_size=64), inputs)
     exact = _grads(sigmoid_loss_ref, inputs, torch.float64)
     assert all(torch.isfinite(g).all() for g in ours)
-    assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
-    assert_close(ours[0], exact[0], dtype=torch.float32, name="loss")
-    for name, o, e in zip(NAMES[1:3], ours[1:3], exact[1:3]):
-        assert_close(o, e.to(dtype), dtype=dtype, name=name)
-    for name, o, e in zip(NAMES[3:], ours[3:], exact[3:]):
-        assert_close(o, e, dtype=torch.float32, name=name)
+    _assert_half_grads(ours, exact, dtype)
 
 
 def test_gradcheck_fp64():
@@ -195,9 +201,4 @@ def test_gpu_triton_matches_reference(monkeypatch, n, d, dtype, tf32):
         for name, o, r, e in zip(NAMES, ours, _grads(sigmoid_loss_ref, inputs), exact):
             assert_matches_reference(o, r, e, name=name)
         return
-    assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
-    assert_close(ours[0], exact[0], dtype=torch.float32, name="loss")
-    for name, o, e in zip(NAMES[1:3], ours[1:3], exact[1:3]):
-        assert_close(o, e.to(dtype), dtype=dtype, name=name)
-    for name, o, e in zip(NAMES[3:], ours[3:], exact[3:]):
-        assert_close(o, e, dtype=torch.float32, name=name)
+    _assert_half_grads(ours, exact, dtype)
