@@ -14,7 +14,8 @@ N = 32768 and clipfast at N = 262144 runs ~30 min on 2 cores):
 
 ``measure_here`` builds the inputs, warms up on a small problem, then measures one forward + backward with
 ``harness.peak_memory``: the loss's extra memory, the gradients of both feature tensors and of logit_scale
-(2·N·d·element bytes of them) included.
+(2·N·d·element bytes of them) included. Beside each clipfast row the sweep adds ``count_triton``: the GPU
+(Triton) path's peak in bf16, counted from its allocations, not measured.
 """
 import argparse
 import json
@@ -86,6 +87,21 @@ def measure_here(provider, n, d=512, dtype=None, device=None):
                 threads=torch.get_num_threads())
 
 
+COUNTED = "clipfast triton bf16 (counted)"
+
+
+def count_triton(n, d=512, dtype=torch.bfloat16):
+    """The Triton path's peak extra bytes (forward + backward, gradients included, as ``measure_here``),
+    counted from its allocations on meta tensors (``clipfast.ops.contrastive_loss.triton_memory``): no GPU,
+    nothing runs, so ``seconds`` is None. Peak: the forward's, or the saved LSEs + the backward's."""
+    from clipfast.ops.contrastive_loss import triton_memory
+
+    fwd, bwd = triton_memory(n, d, dtype)
+    return dict(provider=COUNTED, n=n, d=d, dtype=str(dtype).removeprefix("torch."), device="meta (counted)",
+                peak_extra_bytes=max(fwd.peak, fwd.returned + bwd.peak), grad_bytes=2 * n * d * dtype.itemsize,
+                seconds=None)
+
+
 def measure(provider, n, d=512, timeout=None):
     """``measure_here``: in a fresh interpreter on CPU (peak RSS), in this process on CUDA."""
     if DEVICE.type == "cuda":
@@ -108,14 +124,16 @@ def test_contrastive_loss_fwd_bwd(timed, benchmark, provider, shape):
 
 
 def sweep(ns, providers, d=512, max_n=32768, clipfast_max_n=262144, out=None, log=print):
-    """``measure`` each (N, provider), skipping N above ``max_n`` (``clipfast_max_n`` for clipfast); rows are
-    written to ``out`` (JSON) after each measurement."""
+    """``measure`` each (N, provider), skipping N above ``max_n`` (``clipfast_max_n`` for clipfast), and with
+    clipfast also ``count_triton`` at every N; rows are written to ``out`` (JSON) after each measurement."""
     rows = []
     for n in ns:
         for p in providers:
             if n > (clipfast_max_n if p == "clipfast" else max_n):
                 continue
             rows.append(measure(p, n, d))
+            if p == "clipfast":
+                rows.append(count_triton(n, d))
             log(json.dumps(rows[-1]))
             if out:
                 os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

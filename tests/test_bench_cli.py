@@ -148,9 +148,11 @@ def test_loss_memory_and_roofline_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["loss_memory"]
-    assert [(r["provider"], r["n"]) for r in rows] == [("clipfast", 128), ("open_clip", 128), ("clipfast", 256),
-                                                       ("open_clip", 256)]
+    counted = "clipfast triton bf16 (counted)"
+    assert [(r["provider"], r["n"]) for r in rows] == [("clipfast", 128), (counted, 128), ("open_clip", 128),
+                                                       ("clipfast", 256), (counted, 256), ("open_clip", 256)]
     assert all(r["peak_extra_bytes"] >= r["grad_bytes"] > 0 for r in rows)
+    assert all((r["seconds"] is None) == (r["provider"] == counted) for r in rows)
     assert all(r["estimate"] is True for r in results["roofline"])
     assert {r["op"].split()[0] for r in results["roofline"]} >= {"quick_gelu", "contrastive_loss", "AdamW"}
     tables = _tables((tmp_path / "report.md").read_text())

@@ -151,6 +151,20 @@ def local_contrastive_loss(image_features, text_features, logit_scale, engine):
     return _EngineContrastiveLoss.apply(image_features, text_features, logit_scale, engine)
 
 
+def triton_memory(n, d, dtype=torch.bfloat16):
+    """(forward, backward) ``LauncherMemory`` of this loss on the Triton backend at batch N, feature size d:
+    every allocation of ``_loss_forward`` / ``_loss_backward`` counted on ``meta`` tensors
+    (``clipfast.kernels._launcher_memory``): nothing is computed, any N, no GPU. The backward's ``returned``
+    holds the two feature gradients in ``dtype`` (and d scale); its peak, their fp32 accumulators."""
+    from clipfast.kernels._launcher_memory import launcher_memory
+
+    engine, meta = LocalContrastiveEngine(backend="triton"), dict(device="meta")
+    a, scale = torch.empty(n, d, dtype=dtype, **meta), torch.empty((), **meta)
+    lse = torch.empty(n, dtype=torch.float64, **meta)
+    return (launcher_memory(_loss_forward, engine, a, a, scale),
+            launcher_memory(_loss_backward, engine, torch.empty((), **meta), a, a, scale, lse, lse))
+
+
 def contrastive_loss(image_features, text_features, logit_scale, *, chunk_size=None):
     """CLIP's symmetric contrastive loss without materialising the N×N logits.
 

@@ -118,7 +118,8 @@ def _all_ratios(results):
 
 def _loss_section(rows, prefix):
     lines = ["## Contrastive loss: peak extra memory vs N (forward + backward, gradients included)", "",
-             "Each point in its own process on CPU (peak RSS above the inputs), CUDA allocator peak on a GPU.", ""]
+             "Each point in its own process on CPU (peak RSS above the inputs), CUDA allocator peak on a GPU; "
+             "`(counted)` rows: the Triton path's own allocations counted on meta tensors (no GPU, not timed).", ""]
     lines += _table(["provider", "N", "d", "dtype", "peak extra MiB", "seconds", "error"],
                     [(r["provider"], r["n"], r["d"], r.get("dtype", "-"),
                       fmt(None if r.get("peak_extra_bytes") is None else r["peak_extra_bytes"] / MIB),
@@ -201,7 +202,9 @@ def plot_loss_memory(rows, path):
         ok = sorted((r for r in rows if r["provider"] == provider and not r.get("error")), key=lambda r: r["n"])
         if ok:
             ax_mem.plot([r["n"] for r in ok], [r["peak_extra_bytes"] / MIB for r in ok], "o-", label=provider)
-            ax_time.plot([r["n"] for r in ok], [r["seconds"] for r in ok], "o-", label=provider)
+            timed = [r for r in ok if r.get("seconds") is not None]  # counted rows have no time
+            if timed:
+                ax_time.plot([r["n"] for r in timed], [r["seconds"] for r in timed], "o-", label=provider)
     device = rows[0].get("device", "cpu") if rows else "cpu"
     for ax, label in ((ax_mem, "peak extra memory incl. gradients (MiB)"), (ax_time, "forward + backward (s)")):
         ax.set_xscale("log", base=2)

@@ -358,16 +358,10 @@ def test_triton_path_memory_at_262144():
     """The loss's Triton path at N = 262144, d = 512 bf16, counted from its allocations on meta tensors
     (nothing runs): forward ≤ 128 MiB; backward = the two fp32 gradient accumulators + one bf16 copy at a
     time + ≤ 128 MiB (the bf16 gradients are made one after the other, each freeing its accumulator)."""
-    from clipfast.kernels._launcher_memory import launcher_memory
-    from clipfast.ops._loss_engines import LocalContrastiveEngine
-    from clipfast.ops.contrastive_loss import _loss_backward, _loss_forward
+    from clipfast.ops.contrastive_loss import triton_memory
 
     n, d, mib = 262144, 512, 2**20
-    engine, meta = LocalContrastiveEngine(backend="triton"), dict(device="meta")
-    a, scale = torch.empty(n, d, dtype=torch.bfloat16, **meta), torch.empty((), **meta)
-    fwd = launcher_memory(_loss_forward, engine, a, a, scale)
-    lse = torch.empty(n, dtype=torch.float64, **meta)
-    bwd = launcher_memory(_loss_backward, engine, torch.empty((), **meta), a, a, scale, lse, lse)
-    assert fwd.peak <= 128 * mib
+    fwd, bwd = triton_memory(n, d, torch.bfloat16)
+    assert fwd.peak <= 128 * mib and fwd.returned == 2 * n * 8 + 4  # the fp64 LSEs saved for backward, the loss
     assert bwd.returned == 2 * n * d * 2 + 4
     assert bwd.peak <= 2 * n * d * 4 + n * d * 2 + 128 * mib
