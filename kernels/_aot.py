@@ -13,9 +13,9 @@ to 1 become constants. The faithful spec is therefore taken from the JIT itself 
 a module's ``aot_launches()`` lists representative calls of its launchers on ``meta`` tensors
 (nothing is allocated or run; a meta tensor's data pointer is 0, aligned like every CUDA allocation),
 and ``specs_from_launches`` runs them through triton's own ``JITFunction.run`` against a stand-in
-driver, reading what it would compile from triton's ``knobs.runtime.jit_cache_hook``. Hand-written
-``AotSpec(...)`` (no ``aligned``) are still accepted: every pointer is then taken as aligned and no int
-as divisible, an approximation of the JIT's binary.
+driver, reading what it would compile from triton's ``knobs.runtime.jit_cache_hook``. Every module
+derives its specs that way (``aot_specs() = specs_from_launches(aot_launches())``; per arch where a
+launcher's table reads the arch: ``arch=ARCHS``); there are no hand-written spec lists to drift.
 
 ``python -m clipfast.kernels._aot [--json FILE]`` (``make aot-report``) prints one row per spec and
 arch and exits 1 if any row has a problem (``problems``).

@@ -21,8 +21,9 @@ SINGLE_MAX_L = 64
 
 # ---------------------------------------------------------------------------------------------------------
 # Tile table of kernels/attention.py (deterministic, no autotune), keyed by (L, D, causal, arch). Every row was
-# chosen from AOT compiles for sm_80 and sm_90 (``attention.aot_specs`` lists them; what was rejected: the
-# docstring above). Rows are the same for both archs: these shapes are memory-bound and the 32/64-tiles fit both.
+# chosen from AOT compiles for sm_80 and sm_90 (``attention.aot_launches`` reaches every row ``table_configs``
+# lists; what was rejected: the docstring above). Rows are the same for both archs: these shapes are
+# memory-bound and the 32/64-tiles fit both.
 
 def fwd_config(seqlen, head_dim, causal, arch=90):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
@@ -42,6 +43,19 @@ def bwd_config(seqlen, head_dim, causal, arch=90):
 def bwd_dq_config(seqlen, head_dim, causal, arch=90):
     """(num_warps, num_stages) of the two-pass backward's dQ kernel (same BLOCK_M x BLOCK_N as ``bwd_config``)."""
     return 2, 2
+
+
+def table_configs(head_dim, max_seqlen, arch=90):
+    """Every (fwd, bwd) launch config the table picks at this head dim and arch for 1 <= L <= ``max_seqlen``,
+    causal or not: fwd ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, bwd ``bwd_config`` + the dQ kernel's
+    ``(num_warps, num_stages)`` (``(None, None)`` for the single-tile backward, which has no dQ launch)."""
+    cases = [(n, c) for n in range(1, max_seqlen + 1) for c in (False, True)]
+    fwd = {fwd_config(n, head_dim, c, arch) for n, c in cases}
+    bwd = set()
+    for n, c in cases:
+        row = bwd_config(n, head_dim, c, arch)
+        bwd.add(row + ((None, None) if row[0] else bwd_dq_config(n, head_dim, c, arch)))
+    return sorted(fwd), sorted(bwd, key=repr)
 
 
 def useful_share(seqlen, block_m, block_n, causal=False):
