@@ -67,7 +67,8 @@ def test_all_configs_compile_without_spills(rows):
 
 def test_report_rows_carry_the_specialisation(rows):
     """The compiled binaries are the aligned/divisible variants the JIT builds for real CLIP shapes, and
-    the unaligned variants for odd shapes (d = 72, 1000 × 777) are compiled too."""
+    the unaligned variants for odd shapes (losses: d = 72, 1000 × 777; attention: padded heads, misaligned
+    q/k/v) are compiled too."""
     fwd = [r for r in rows if r["kernel"] == "_contrastive_loss_fwd_kernel"]
     big = [r for r in fwd if "32768x32768 d=512" in r["label"]]
     odd = [r for r in fwd if "1000x777 d=72" in r["label"]]
