@@ -433,11 +433,12 @@ def _meta_qkv(shape, dtype, pad=0, offset=0):
 # Representative problems of aot_launches: (B, L, H) batched or (B sequences, T tokens, max_seqlen, H) varlen.
 # CLIP: ViT-B/32 (50), text (77), ViT-B/16 (197), ViT-L/14 at 224 and 336 px (257, 577) and a short one (20),
 # with packed qkv strides, n_heads and B·L (the LSE stride) divisible by 16 where CLIP's are; odd: sizes and
-# strides not divisible by 16 (B·L, L, H, the padded head stride D + 8) and misaligned q/k/v, at lengths reaching every
-# table row (13: short tiles / single 16 × 32; 40: single 32 × 64; 300: long tiles, two-pass); varlen: padding-free
-# text (T tokens: any count, here odd) and the single-tile backward (max 50, T divisible by 16).
+# strides not divisible by 16 (B·L, L, H, the padded head stride D + 8) and misaligned q/k/v, at lengths
+# reaching every table row (13: short tiles / single 16 × 32; 40: single 32 × 64; 300: long tiles, two-pass;
+# 1: the JIT makes seqlen_arg = 1 a constant); varlen: padding-free text (T tokens: any count, here odd) and
+# the single-tile backward (max 50, T divisible by 16).
 _AOT_BATCHED = ((128, 50, 12), (128, 77, 8), (64, 197, 12), (32, 257, 16), (16, 577, 16), (32, 20, 16))
-_AOT_ODD = ((3, 13, 5), (3, 40, 5), (3, 300, 5))
+_AOT_ODD = ((3, 13, 5), (3, 40, 5), (3, 300, 5), (3, 1, 5))
 _AOT_VARLEN = ((128, 3001, 77, 8), (64, 2000, 50, 12))
 
 
