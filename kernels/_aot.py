@@ -13,9 +13,9 @@ to 1 become constants. The faithful spec is therefore taken from the JIT itself 
 a module's ``aot_launches()`` lists representative calls of its launchers on ``meta`` tensors
 (nothing is allocated or run; a meta tensor's data pointer is 0, aligned like every CUDA allocation),
 and ``specs_from_launches`` runs them through triton's own ``JITFunction.run`` against a stand-in
-driver, reading what it would compile from triton's ``knobs.runtime.jit_cache_hook``. Hand-written
-``AotSpec(...)`` (no ``aligned``) are still accepted: every pointer is then taken as aligned and no int
-as divisible, an approximation of the JIT's binary.
+driver, reading what it would compile from triton's ``knobs.runtime.jit_cache_hook``. Every module
+derives its specs that way (``aot_specs() = specs_from_launches(aot_launches())``; per arch where a
+launcher's table reads the arch: ``arch=ARCHS``); there are no hand-written spec lists to drift.
 
 ``python -m clipfast.kernels._aot [--json FILE]`` (``make aot-report``) prints one row per spec and
 arch and exits 1 if any row has a problem (``problems``).
@@ -83,8 +83,10 @@ def parse_ptxas_log(log):
 
 def ast_source(spec):
     """The ``ASTSource`` of ``spec``, keyed as ``JITFunction.run`` keys it (argument order, ``(index,)``
-    paths; an attribute entry for every constexpr, pointer and int; none for floats)."""
+    paths; an attribute entry for every constexpr, pointer and int, except the ``do_not_specialize`` ones;
+    none for floats)."""
     names = [p.name for p in kernel_params(spec.kernel)]
+    fixed = _unspecialised(spec.kernel)
     signature = dict(spec.signature)
     signature.update({name: "constexpr" for name in spec.constexprs})
     missing = set(names) ^ set(signature)
@@ -94,8 +96,8 @@ def ast_source(spec):
     signature = {name: signature[name] for name in names}
     aligned = set(spec.aligned_names())
     parse = _backend(90).parse_attr
-    attrs = {(i,): parse("D" if name in aligned else "") for i, name in enumerate(names)
-             if name in spec.constexprs or signature[name].startswith("*") or signature[name] in _INT_TYPES}
+    attrs = {(i,): parse("D" if name in aligned else "") for i, name in enumerate(names) if name not in fixed
+             and (name in spec.constexprs or signature[name].startswith("*") or signature[name] in _INT_TYPES)}
     constants = {(names.index(k),): v for k, v in spec.constexprs.items()}
     return ASTSource(fn=spec.kernel, signature=signature, constexprs=constants, attrs=attrs)
 
@@ -179,6 +181,11 @@ def kernel_modules():
     ]
 
 
+def _unspecialised(kernel):
+    """The ``do_not_specialize`` arguments of ``kernel`` (the JIT gives them no attribute)."""
+    return {p.name for p in kernel_params(kernel) if p.do_not_specialize}
+
+
 def _declared_constexprs(kernel):
     return {p.name for p in kernel_params(kernel) if p.is_constexpr}
 
@@ -191,7 +198,8 @@ def spec_row(spec, arch, bytes_per_flop=None):
            "constants": sorted(f"{k}={v}" for k, v in spec.constexprs.items()
                                if k not in _declared_constexprs(spec.kernel)),
            "bytes_per_flop": bytes_per_flop,
-           "specialisable": sum(ty.startswith("*") or ty in _INT_TYPES for ty in spec.signature.values())}
+           "specialisable": sum(ty.startswith("*") or ty in _INT_TYPES for name, ty in spec.signature.items()
+                                if name not in _unspecialised(spec.kernel))}
     try:
         res = compile_spec(spec, arch)
         ctas, bound = occupancy(res.registers, res.shared, spec.num_warps, arch)

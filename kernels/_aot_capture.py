@@ -7,8 +7,8 @@ records them and declines the compile, so nothing compiles or runs. Under ``TRIT
 kernels are ``InterpretedFunction``s: each launch is forwarded to a ``JITFunction`` twin built from the
 same Python function, so the specialisation is the same with and without the interpreter.
 
-``spec_from_launch`` turns one recorded launch into an ``AotSpec`` (name-keyed: readable, and what the
-hand-written specs use); ``kernels._aot.ast_source`` turns it back into the JIT's path-keyed form, and
+``spec_from_launch`` turns one recorded launch into an ``AotSpec`` (name-keyed: readable);
+``kernels._aot.ast_source`` turns it back into the JIT's path-keyed form, and
 ``tests/test_aot_compile.py`` checks that the round trip reproduces the JIT's values exactly.
 """
 import contextlib
@@ -28,7 +28,7 @@ class AotSpec:
     ``signature`` maps every runtime argument to a Triton type string ("*fp32", "*fp16", "*bf16", "i32",
     "i64", "fp32"); ``constexprs`` maps every ``tl.constexpr`` argument, and every int the JIT turned into
     a constant (value 1), to its value. ``aligned``: the arguments the JIT marks divisible by 16
-    (16-byte aligned pointers, ints ≡ 0 mod 16); None (hand-written specs) → every pointer, no int.
+    (16-byte aligned pointers, ints ≡ 0 mod 16). Made by ``spec_from_launch`` from what the JIT computes.
     """
 
     kernel: object
@@ -37,12 +37,10 @@ class AotSpec:
     num_warps: int
     num_stages: int
     label: str
-    aligned: tuple = None
+    aligned: tuple
 
     def aligned_names(self):
-        if self.aligned is not None:
-            return tuple(self.aligned)
-        return tuple(name for name, ty in self.signature.items() if ty.startswith("*"))
+        return tuple(self.aligned)
 
     def key(self):
         """What makes two specs the same binary."""
@@ -162,14 +160,17 @@ def spec_from_launch(launch, label):
 
 def specs_from_launches(calls, arch=90):
     """Distinct ``AotSpec``s of every kernel launch made by ``calls`` ((label, launcher, args, kwargs)
-    tuples), in first-seen order, each labelled by the first call that made it."""
+    tuples) on ``sm_<arch>``, or on each arch of a tuple ``arch`` (the union: for launchers whose tables
+    depend on the arch), in first-seen order, each labelled by the first call that made it."""
+    calls = list(calls)
     specs = {}
-    for label, fn, args, kwargs in calls:
-        with capture(arch) as launches:
-            fn(*args, **kwargs)
-        if not launches:
-            raise ValueError(f"{label}: {getattr(fn, '__name__', fn)} launched no kernel")
-        for launch in launches:
-            spec = spec_from_launch(launch, label)
-            specs.setdefault(spec.key(), spec)
+    for target in (arch,) if isinstance(arch, int) else arch:
+        for label, fn, args, kwargs in calls:
+            with capture(target) as launches:
+                fn(*args, **kwargs)
+            if not launches:
+                raise ValueError(f"{label}: {getattr(fn, '__name__', fn)} launched no kernel")
+            for launch in launches:
+                spec = spec_from_launch(launch, label)
+                specs.setdefault(spec.key(), spec)
     return list(specs.values())

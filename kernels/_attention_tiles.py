@@ -1,14 +1,14 @@
 """Tiles of the attention kernels (``kernels/attention.py``, ``kernels/attention_pool.py``): the launch table
 of ``kernels/attention.py`` and the ``@triton.jit`` building blocks inlined into the kernels.
 
-Resources (``python -m clipfast.kernels._aot``; each row also compiled with the JIT's 16-divisibility
-specialisation of pointers and strides, and with the value-1 specialisation of ``causal``/``is_varlen`` that
-``do_not_specialize`` now rules out): every config the table picks compiles for sm_80 and sm_90 with 0 bytes
-of stack and 0 spills. Rejected for stack/spills at some D or specialisation: the single-tile 64 × 64 backward
-(8 warps; up to 320 B of stack at D >= 64), single 32 × 32 at D >= 80 (and at D = 64 on sm_90 once causal is
-a constant), the 32 × 32 dK/dV kernel with 2 stages (D = 80, 96 on sm_90), the dQ kernel at 4 warps (D = 64),
-the 64 × 64 forward (D = 96). The tightest rows still run at the 255-register cap at D = 96 (64 + 32 split)
-and at D = 80 on sm_80 without the specialisation.
+Resources (``python -m clipfast.kernels._aot``: the binaries the JIT builds for ``attention.aot_launches``,
+CLIP's shapes with their 16-byte-aligned pointers and 16-divisible strides, and odd ones with neither): every
+config the table picks compiles for sm_80 and sm_90 with 0 bytes of stack and 0 spills. Rejected for
+stack/spills at some D or specialisation: the single-tile 64 × 64 backward (8 warps; up to 320 B of stack at
+D >= 64), single 32 × 32 at D >= 80 (and at D = 64 on sm_90 once causal is a constant), the 32 × 32 dK/dV
+kernel with 2 stages (D = 80, 96 on sm_90), the dQ kernel at 4 warps (D = 64), the 64 × 64 forward (D = 96).
+The tightest rows run at 250-255 registers: the two-pass dK/dV kernel at D = 96 (64 + 32 split; both archs,
+aligned or not), D = 80 on sm_80 and the odd (unaligned) D = 80, 96 variants.
 
 Row tiles are loaded and stored with the row mask (the head dim is a full power-of-two block, or the
 64 + 16/32 split of ``HEAD_DIMS``); P and dP tiles are recomputed from the saved base-2 LSE.
@@ -21,8 +21,9 @@ SINGLE_MAX_L = 64
 
 # ---------------------------------------------------------------------------------------------------------
 # Tile table of kernels/attention.py (deterministic, no autotune), keyed by (L, D, causal, arch). Every row was
-# chosen from AOT compiles for sm_80 and sm_90 (``attention.aot_specs`` lists them; what was rejected: the
-# docstring above). Rows are the same for both archs: these shapes are memory-bound and the 32/64-tiles fit both.
+# chosen from AOT compiles for sm_80 and sm_90 (``attention.aot_launches`` reaches every row ``table_configs``
+# lists; what was rejected: the docstring above). Rows are the same for both archs: these shapes are
+# memory-bound and the 32/64-tiles fit both.
 
 def fwd_config(seqlen, head_dim, causal, arch=90):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward."""
@@ -42,6 +43,19 @@ def bwd_config(seqlen, head_dim, causal, arch=90):
 def bwd_dq_config(seqlen, head_dim, causal, arch=90):
     """(num_warps, num_stages) of the two-pass backward's dQ kernel (same BLOCK_M x BLOCK_N as ``bwd_config``)."""
     return 2, 2
+
+
+def table_configs(head_dim, max_seqlen, arch=90):
+    """Every (fwd, bwd) launch config the table picks at this head dim and arch for 1 <= L <= ``max_seqlen``,
+    causal or not: fwd ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, bwd ``bwd_config`` + the dQ kernel's
+    ``(num_warps, num_stages)`` (``(None, None)`` for the single-tile backward, which has no dQ launch)."""
+    cases = [(n, c) for n in range(1, max_seqlen + 1) for c in (False, True)]
+    fwd = {fwd_config(n, head_dim, c, arch) for n, c in cases}
+    bwd = set()
+    for n, c in cases:
+        row = bwd_config(n, head_dim, c, arch)
+        bwd.add(row + ((None, None) if row[0] else bwd_dq_config(n, head_dim, c, arch)))
+    return sorted(fwd), sorted(bwd, key=repr)
 
 
 def useful_share(seqlen, block_m, block_n, causal=False):

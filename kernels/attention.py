@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._common import DTYPE_NAMES, input_precision
 from ._attention_tiles import bwd_config, bwd_dq_config, dprobs_tile, fwd_config, head_offset, load_rows
 from ._attention_tiles import probs_tile, sequence_span, store_rows
@@ -80,7 +80,7 @@ LIMITS = (f"head dim in {sorted(HEAD_DIMS)}, self-attention (L_q = L_k) with L <
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit(do_not_specialize=["is_varlen", "causal"])  # runtime flags, as compiled by aot_specs
+@triton.jit(do_not_specialize=["is_varlen", "causal"])  # runtime flags: one binary for all four cases
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr,
     qk_scale, seqlen_arg, n_heads, is_varlen, causal,
@@ -345,6 +345,12 @@ def _problem(q, cu_seqlens, max_seqlen):
 
 
 def _arch(device):
+    """The arch whose table rows a launch on ``device`` uses: the CUDA device's; for ``meta`` tensors (the AOT
+    capture, ``_aot.capture(arch)``), the target of triton's active driver; 90 otherwise (the interpreter)."""
+    if device.type == "meta":
+        from triton.runtime import driver
+
+        return driver.active.get_current_target().arch
     if device.type != "cuda":
         return 90
     major, minor = torch.cuda.get_device_capability(device)
@@ -377,7 +383,7 @@ def attention_fwd(q, k, v, *, causal=False, cu_seqlens=None, max_seqlen=None):
     _attn_fwd_kernel[grid](
         q, k, v, o, lse, cu, q.shape[-1] ** -0.5 * _LOG2E, seqlen, n_heads, is_varlen, int(causal),
         *_views(q, is_varlen), *_views(o, is_varlen), lse.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type != "cuda",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type == "cpu",
         INPUT_PRECISION=input_precision(q.dtype), num_warps=warps, num_stages=stages)
     return o, lse
 
@@ -397,7 +403,7 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, *, causal=False, cu_seqlens=N
     arch = _arch(q.device)
     single, bm, bn, warps, stages = bwd_config(seqlen, q.shape[-1], causal, arch)
     sm_scale = q.shape[-1] ** -0.5
-    common = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type != "cuda",
+    common = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DT=bdt, UPCAST=q.device.type == "cpu",
                   INPUT_PRECISION=input_precision(q.dtype))
     strides = (*_views(q, is_varlen), *_views(o, is_varlen), *_views(dq, is_varlen), lse.stride(0))
     scalars = (sm_scale * _LOG2E, sm_scale, seqlen, n_heads, is_varlen, int(causal))
@@ -413,44 +419,55 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, *, causal=False, cu_seqlens=N
     return dq, dk, dv
 
 
-def _table_configs(head_dim):
-    """Every (fwd, bwd, dq) launch config the tables can pick at this head dim for 1 <= L <= MAX_SEQLEN."""
-    cases = [(n, c) for n in range(1, MAX_SEQLEN + 1) for c in (False, True)]
-    fwd = sorted({fwd_config(n, head_dim, c) for n, c in cases})
-    bwd = sorted({bwd_config(n, head_dim, c) + ((None, None) if bwd_config(n, head_dim, c)[0]
-                                                 else bwd_dq_config(n, head_dim, c)) for n, c in cases})
-    return fwd, bwd
+def _meta_qkv(shape, dtype, pad=0, offset=0):
+    """q, k, v: the three slots of a packed ``(*shape[:-2], 3, H, D + pad)`` meta buffer (``shape`` = (B, L, H, D)
+    or varlen (T, H, D)), cut to D and starting ``offset`` elements in (offset 1: misaligned pointers)."""
+    *lead, H, D = shape
+    n = 3 * H * (D + pad)
+    for size in lead:
+        n *= size
+    buf = torch.empty(n + offset, dtype=dtype, device="meta")[offset:].view(*lead, 3, H, D + pad)
+    return buf[..., :D].unbind(-3)
+
+
+# Representative problems of aot_launches: (B, L, H) batched or (B sequences, T tokens, max_seqlen, H) varlen.
+# CLIP: ViT-B/32 (50), text (77), ViT-B/16 (197), ViT-L/14 at 224 and 336 px (257, 577) and a short one (20),
+# with packed qkv strides, n_heads and B·L (the LSE stride) divisible by 16 where CLIP's are; odd: sizes and
+# strides not divisible by 16 (B·L, L, H, the padded head stride D + 8) and misaligned q/k/v, at lengths
+# reaching every table row (13: short tiles / single 16 × 32; 40: single 32 × 64; 300: long tiles, two-pass;
+# 1: the JIT makes seqlen_arg = 1 a constant); varlen: padding-free text (T tokens: any count, here odd) and
+# the single-tile backward (max 50, T divisible by 16).
+_AOT_BATCHED = ((128, 50, 12), (128, 77, 8), (64, 197, 12), (32, 257, 16), (16, 577, 16), (32, 20, 16))
+_AOT_ODD = ((3, 13, 5), (3, 40, 5), (3, 300, 5), (3, 1, 5))
+_AOT_VARLEN = ((128, 3001, 77, 8), (64, 2000, 50, 12))
+
+
+def aot_launches():
+    """Representative launcher calls (label, launcher, args, kwargs) for the AOT compile, on ``meta`` tensors
+    (nothing is allocated or run): each dtype of ``GPU_DTYPES`` x head dim of ``HEAD_DIMS`` x the problems above,
+    causal and not, forward and backward (packed ``dqkv``; the two-pass backward includes the dQ kernel)."""
+    meta = dict(device="meta")
+    for dtype in (d for d, ty in DTYPE_NAMES.items() if ty in GPU_DTYPES):
+        ty = DTYPE_NAMES[dtype]
+        for d in HEAD_DIMS:
+            problems = [(f"B{b} L{n} H{h}", (b, n, h, d), {}, None) for b, n, h in _AOT_BATCHED]
+            problems += [(f"odd B{b} L{n} H{h}", (b, n, h, d), dict(pad=8, offset=1), None) for b, n, h in _AOT_ODD]
+            problems += [(f"varlen B{b} T{t} max{n} H{h}", (t, h, d), {}, (b, n)) for b, t, n, h in _AOT_VARLEN]
+            for tag, shape, layout, varlen in problems:
+                q, k, v = _meta_qkv(shape, dtype, **layout)
+                do = torch.empty(shape, dtype=dtype, **meta)
+                o, lse = do, torch.empty((shape[-2], shape[0] * (1 if varlen else shape[1])), **meta)
+                dq, dk, dv = _meta_qkv(shape, dtype, **layout)
+                kw = {}
+                if varlen:
+                    kw = dict(cu_seqlens=torch.empty(varlen[0] + 1, dtype=torch.int32, **meta), max_seqlen=varlen[1])
+                for causal in (False, True):
+                    label = f"{ty} d{d} {tag}{' causal' if causal else ''}"
+                    yield f"{label} fwd", attention_fwd, (q, k, v), dict(causal=causal, **kw)
+                    yield f"{label} bwd", attention_bwd, (do, q, k, v, o, lse, dq, dk, dv), dict(causal=causal, **kw)
 
 
 def aot_specs():
-    """Every config the launchers can pick: table tiles x head-dim split x dtype (causal and varlen are
-    runtime flags), with the signature the launchers pass (ints as i32, scales as fp32)."""
-    specs = []
-    ints = ("seqlen_arg", "n_heads", "is_varlen", "causal")
-    strides = ("stride_b", "stride_h", "stride_l", "stride_ob", "stride_oh", "stride_ol")
-    g_strides = ("stride_gb", "stride_gh", "stride_gl")
-    for ty in GPU_DTYPES:
-        prec = "tf32"
-        ptr = f"*{ty}"
-        for d, (bd, bdt) in HEAD_DIMS.items():
-            fwd, bwd = _table_configs(d)
-            base = {"BLOCK_D": bd, "BLOCK_DT": bdt, "UPCAST": False, "INPUT_PRECISION": prec}
-            for bm, bn, warps, stages in fwd:
-                sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "cu_ptr": "*i32",
-                       "qk_scale": "fp32", **{n: "i32" for n in ints}, **{n: "i32" for n in strides},
-                       "stride_lse_h": "i32"}
-                specs.append(AotSpec(_attn_fwd_kernel, sig, {"BLOCK_M": bm, "BLOCK_N": bn, **base}, warps, stages,
-                                     f"fwd {ty} d{d} {bm}x{bn}"))
-            for single, bm, bn, warps, stages, dq_warps, dq_stages in bwd:
-                sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "do_ptr": ptr, "dq_ptr": ptr}
-                tail = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_ptr": "*i32", "qk_scale": "fp32",
-                        "sm_scale": "fp32", **{n: "i32" for n in ints}, **{n: "i32" for n in strides + g_strides},
-                        "stride_lse_h": "i32"}
-                consts = {"BLOCK_M": bm, "BLOCK_N": bn, **base}
-                label = f"bwd {ty} d{d} {'single ' if single else ''}{bm}x{bn}"
-                if not single:
-                    specs.append(AotSpec(_attn_bwd_dq_kernel, {**sig, **tail}, consts, dq_warps, dq_stages,
-                                         label + " dq"))
-                specs.append(AotSpec(_attn_bwd_kernel, {**sig, "dk_ptr": ptr, "dv_ptr": ptr, **tail},
-                                     {"SINGLE": single, **consts}, warps, stages, label))
-    return specs
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build on each arch of
+    ``_aot.ARCHS`` (the launchers read the tile table of the target arch)."""
+    return _aot.specs_from_launches(aot_launches(), arch=_aot.ARCHS)

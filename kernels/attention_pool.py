@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._attention_tiles import load_key_heads
 from ._common import DTYPE_NAMES
 
@@ -47,7 +47,7 @@ _BWD_TILES = {16: (16, 8, 4), 32: (8, 8, 4), 64: (4, 8, 4), 128: (2, 8, 4), 256:
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit(do_not_specialize=["has_kv_len"])  # a runtime flag, as compiled by aot_specs
+@triton.jit(do_not_specialize=["has_kv_len"])  # a runtime flag: one binary with and without kv_len
 def _attention_pool_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kv_len_ptr,
     qk_scale, n_keys, n_heads, head_dim, has_kv_len,
@@ -246,27 +246,39 @@ def attention_pool_bwd(do, q, k, v, o, lse, dq, dk, dv, *, kv_len=None):
     return dq, dk, dv
 
 
+# Representative head dims of aot_launches per BLOCK_D row: (CLIP-like, divisible by 16: 64 is ResNet's
+# AttentionPool2d and the attentional pooler, 80 a BLOCK_D = 128 head of ViT-H; odd, not divisible by 16).
+_AOT_HEAD_DIMS = {16: (16, 12), 32: (32, 24), 64: (64, 40), 128: (80, 72), 256: (256, 200)}
+
+
+def _meta_kv(B, L, H, D, dtype, offset=0):
+    """k, v: the two slots of a packed ``(B, L, 2, H, D)`` meta buffer starting ``offset`` elements in."""
+    buf = torch.empty(B * L * 2 * H * D + offset, dtype=dtype, device="meta")[offset:]
+    return buf.view(B, L, 2, H, D).unbind(2)
+
+
+def aot_launches():
+    """Representative launcher calls (label, launcher, args, kwargs) for the AOT compile, on ``meta`` tensors
+    (nothing is allocated or run): each dtype x each BLOCK_D row of the tables, with and without ``kv_len``,
+    forward and backward (packed ``dkv``), twice: CLIP-like (ResNet's pool: B 128, L 50 keys, 32 heads; the
+    row's head dim divisible by 16, so are the strides) and odd (B 3, L 13, 5 heads, the row's odd head dim,
+    q and k/v misaligned by one element: nothing divisible by 16)."""
+    meta = dict(device="meta")
+    for dtype, ty in DTYPE_NAMES.items():
+        for d_clip, d_odd in _AOT_HEAD_DIMS.values():
+            for d, tag, (B, L, H), offset in ((d_clip, "", (128, 50, 32), 0), (d_odd, " odd", (3, 13, 5), 1)):
+                q = torch.empty(B * H * d + offset, dtype=dtype, **meta)[offset:].view(B, H, d)
+                k, v = _meta_kv(B, L, H, d, dtype, offset)
+                dk, dv = _meta_kv(B, L, H, d, dtype)
+                o = torch.empty(B, H, d, dtype=dtype, **meta)
+                lse = torch.empty(B, H, **meta)
+                for kv_len in (None, torch.empty(B, dtype=torch.int32, **meta)):
+                    label = f"{ty} d{d}{tag} B{B} L{L} H{H}{' kv_len' if kv_len is not None else ''}"
+                    yield f"{label} fwd", attention_pool_fwd, (q, k, v), dict(kv_len=kv_len)
+                    yield (f"{label} bwd", attention_pool_bwd, (o, q, k, v, o, lse, torch.empty_like(o), dk, dv),
+                           dict(kv_len=kv_len))
+
+
 def aot_specs():
-    """Every config the launchers can pick: each BLOCK_D row of the tables x dtype, forward and backward
-    (``kv_len`` is a runtime flag), with the signature the launchers pass (ints as i32, scales as fp32)."""
-    specs = []
-    ints = ("n_keys", "n_heads", "head_dim", "has_kv_len")
-    strides = ("stride_qb", "stride_qh", "stride_kb", "stride_kl", "stride_kh", "stride_vb", "stride_vl", "stride_vh")
-    for ty in DTYPE_NAMES.values():
-        ptr = f"*{ty}"
-        for block_d in _FWD_TILES:
-            heads, block_n, warps = _FWD_TILES[block_d]
-            sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "kv_len_ptr": "*i32",
-                   "qk_scale": "fp32", **{n: "i32" for n in ints + strides}}
-            specs.append(AotSpec(_attention_pool_fwd_kernel, sig,
-                                 {"HEADS": heads, "BLOCK_N": block_n, "BLOCK_D": block_d}, warps, 1,
-                                 f"fwd {ty} {heads}x{block_n}x{block_d}"))
-            heads, block_n, warps = _BWD_TILES[block_d]
-            sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "do_ptr": ptr, "lse_ptr": "*fp32",
-                   "kv_len_ptr": "*i32", "dq_ptr": ptr, "dk_ptr": ptr, "dv_ptr": ptr, "qk_scale": "fp32",
-                   "sm_scale": "fp32", **{n: "i32" for n in ints + strides},
-                   **{n: "i32" for n in ("stride_dob", "stride_doh", "stride_gb", "stride_gl", "stride_gh")}}
-            specs.append(AotSpec(_attention_pool_bwd_kernel, sig,
-                                 {"HEADS": heads, "BLOCK_N": block_n, "BLOCK_D": block_d}, warps, 1,
-                                 f"bwd {ty} {heads}x{block_n}x{block_d}"))
-    return specs
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())

@@ -22,12 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import AotSpec
+from . import _aot
 from ._common import DTYPE_NAMES
 from ._rounding import bf16_bits, bf16_rne, lowbias32
 
 BLOCK = 1024
 NUM_WARPS = 4
+NUM_STAGES = 1  # no loop to pipeline; explicit, so the launch and the AOT compile can't drift
 _STATE_MODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -112,6 +113,8 @@ def fused_adam_fwd(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta
     _check(params, grads, exp_avgs, exp_avg_sqs, masters, args)
     decay = 1.0 - lr * weight_decay if decoupled else 1.0
     l2 = 0.0 if decoupled else weight_decay
+    # floats, whatever the caller passed (an int 0 would make the JIT build an i32 variant)
+    scalars = [float(x) for x in (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, decay)]
     for i, row in enumerate(args.tolist()):
         p = params[i]
         if p.numel() == 0:
@@ -122,32 +125,37 @@ def fused_adam_fwd(params, grads, exp_avgs, exp_avg_sqs, masters, args, lr, beta
         grid = (triton.cdiv(p.numel(), BLOCK),)
         _fused_adam_fwd_kernel[grid](
             p, grads[i], exp_avgs[i], exp_avg_sqs[i], master if master is not None else p, p.numel(),
-            1.0 - beta1, beta2, 1.0 - beta2, eps, l2, decay, row[0], row[1], key, row[3], row[4], row[5], row[6],
+            *scalars, row[0], row[1], key, row[3], row[4], row[5], row[6],
             STATE_MODE=_STATE_MODES[exp_avgs[i].dtype], HAS_MASTER=master is not None,
             PARAM_SR=bool(stochastic_rounding and p.dtype == torch.bfloat16 and master is None),
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
+            BLOCK=BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
 
 
-def aot_specs():
-    """Every config the launcher can pick: param dtype x state dtype x master x stochastic rounding."""
-    specs = []
+# The tensors of aot_launches: (tag, numel, offset in its buffer in elements).
+_AOT_TENSORS = (("2304x768", 2304 * 768, 0), ("odd 777", 777, 1), ("1 element", 1, 0))
+
+
+def aot_launches():
+    """Representative launcher calls (label, launcher, args, kwargs) for the AOT compile, on ``meta`` tensors
+    (nothing is allocated or run; ``args`` is the CPU table the launcher reads): every param dtype x state dtype
+    x master x stochastic-rounding variant the launcher picks, each on three tensors: 2304 x 768 (a ViT-B qkv
+    weight: aligned, numel divisible by 16), 777 elements one element into their buffers (misaligned, odd numel)
+    and 1 element (``logit_scale``: the JIT turns ``n_elements = 1`` into a constant)."""
+    args = torch.ones(1, 7, dtype=torch.float64)
     for pdt, pty in DTYPE_NAMES.items():
-        for sdt, mode in _STATE_MODES.items():
-            sty = DTYPE_NAMES[sdt]
-            variants = [(False, False)]
-            if pdt != torch.float32:
-                variants.append((True, False))
-            if pdt == torch.bfloat16:
-                variants.append((False, True))
-            for has_master, sr in variants:
-                sig = {"p_ptr": f"*{pty}", "g_ptr": f"*{pty}", "m_ptr": f"*{sty}", "v_ptr": f"*{sty}",
-                       "w_ptr": "*fp32" if has_master else f"*{pty}", "n_elements": "i32"}
-                sig.update({name: "fp32" for name in ("lerp_weight", "beta2", "one_minus_beta2", "eps", "l2", "decay",
-                                                      "step_size", "bc2_sqrt")})
-                sig["key"] = "i32"
-                sig.update({name: "fp32" for name in ("m_decode", "m_encode", "v_decode", "v_encode")})
-                consts = {"STATE_MODE": mode, "HAS_MASTER": has_master, "PARAM_SR": sr, "BLOCK": BLOCK}
-                label = f"p={pty} state={sty} master={int(has_master)} sr={int(sr)}"
-                specs.append(AotSpec(_fused_adam_fwd_kernel, sig, consts, NUM_WARPS, 1, label))
-    return specs
+        for sdt in _STATE_MODES:
+            variants = [(False, False)] + ([(True, False)] if pdt != torch.float32 else [])
+            variants += [(False, True)] if pdt == torch.bfloat16 else []
+            for master, sr in variants:
+                for tag, numel, offset in _AOT_TENSORS:
+                    def t(dtype, numel=numel, offset=offset):
+                        return [torch.empty(numel + offset, dtype=dtype, device="meta")[offset:]]
+                    label = f"p={pty} state={DTYPE_NAMES[sdt]} master={int(master)} sr={int(sr)} {tag}"
+                    yield label, fused_adam_fwd, (t(pdt), t(pdt), t(sdt), t(sdt), t(torch.float32) if master else [],
+                                                  args, 1e-3, 0.9, 0.999, 1e-8, 0.1, True, sr), {}
+
+
+def aot_specs():
+    """Every distinct binary the representative calls of ``aot_launches`` make the JIT build."""
+    return _aot.specs_from_launches(aot_launches())

@@ -36,10 +36,12 @@ def rows(tmp_path_factory):
 
 
 def test_every_kernel_module_lists_specs():
+    """Every module derives its specs from representative launches (no hand-written lists to drift)."""
     modules = _aot.kernel_modules()
     assert modules, "no kernel modules found in clipfast.kernels"
     for module in modules:
         assert module.aot_specs(), f"{module.__name__}.aot_specs() is empty"
+        assert callable(getattr(module, "aot_launches", None)), f"{module.__name__}: no aot_launches()"
 
 
 def test_specs_cover_every_jit_kernel():
@@ -65,13 +67,20 @@ def test_all_configs_compile_without_spills(rows):
 
 def test_report_rows_carry_the_specialisation(rows):
     """The compiled binaries are the aligned/divisible variants the JIT builds for real CLIP shapes, and
-    the unaligned variants for odd shapes (d = 72, 1000 × 777) are compiled too."""
+    the unaligned variants for odd shapes (losses: d = 72, 1000 × 777; attention: padded heads, misaligned
+    q/k/v) are compiled too."""
     fwd = [r for r in rows if r["kernel"] == "_contrastive_loss_fwd_kernel"]
     big = [r for r in fwd if "32768x32768 d=512" in r["label"]]
     odd = [r for r in fwd if "1000x777 d=72" in r["label"]]
     assert big and odd
     assert all({"a_ptr", "b_ptr", "D", "M", "N", "stride_am", "stride_bn"} <= set(r["aligned"]) for r in big)
     assert all(not {"D", "M", "N", "stride_am"} & set(r["aligned"]) and "a_ptr" in r["aligned"] for r in odd)
+    attn = [r for r in rows if r["kernel"] == "_attn_fwd_kernel"]
+    clip = [r for r in attn if " B128 L50 H12" in r["label"]]
+    odd = [r for r in attn if " odd " in r["label"]]
+    assert clip and odd
+    assert all({"q_ptr", "o_ptr", "stride_b", "stride_l", "stride_lse_h"} <= set(r["aligned"]) for r in clip)
+    assert all(not {"q_ptr", "stride_l", "stride_lse_h"} & set(r["aligned"]) and "o_ptr" in r["aligned"] for r in odd)
 
 
 # What the JIT compiles for every representative launch, computed in a process without the interpreter
@@ -80,10 +89,8 @@ def test_report_rows_carry_the_specialisation(rows):
 _JIT_VS_SPEC = """
     import json, torch
     from clipfast.kernels import _aot
-    checked, keys = 0, {}
+    checked, keys = {}, {}
     for module in _aot.kernel_modules():
-        if not hasattr(module, "aot_launches"):
-            continue
         specs = {s.key() for s in module.aot_specs()}
         keys[module.__name__] = sorted(repr(k) for k in specs)
         for arch in _aot.ARCHS:
@@ -99,7 +106,7 @@ _JIT_VS_SPEC = """
                     options = json.loads(json.dumps(_aot.compile_options(spec, arch)))
                     assert options == launch.options, (label, arch, options, launch.options)
                     assert spec.key() in specs, (label, spec.kernel.__name__)
-                    checked += 1
+                    checked[module.__name__] = checked.get(module.__name__, 0) + 1
     # A call on real (allocated, CPU) tensors specialises like the meta-tensor calls: its binaries are
     # among the specs; a misaligned view is a different binary (the check can tell). QuickGELU: its
     # launchers pick nothing by device type (the loss launchers upcast on CPU).
@@ -115,6 +122,13 @@ _JIT_VS_SPEC = """
         Q.quick_gelu_fwd(shifted, bias)
     odd_spec = _aot.spec_from_launch(odd[0], "misaligned")
     assert "x_ptr" not in odd_spec.aligned and odd_spec.key() not in specs
+    # fused_adam picks nothing by device type either: real CPU tensors of the aligned launch's size.
+    from clipfast.kernels import fused_adam as F
+    label, fn, args, kwargs = next(c for c in F.aot_launches() if c[0] == "p=fp32 state=fp32 master=0 sr=0 2304x768")
+    real_args = [[torch.zeros(t.shape, dtype=t.dtype) for t in a] if isinstance(a, list) else a for a in args]
+    with _aot.capture() as real:
+        fn(*real_args, **kwargs)
+    assert _aot.spec_from_launch(real[0], "real").key() in {s.key() for s in F.aot_specs()}
     print(json.dumps({"checked": checked, "keys": keys}))
 """
 
@@ -124,11 +138,11 @@ def test_specialisation_equals_the_jits():
     triton's ``jit_cache_hook``) for every representative launch on sm_80 and sm_90, and the specs are
     the same whether computed with or without the interpreter (here, under TRITON_INTERPRET=1)."""
     got = json.loads(_run_compiled(_JIT_VS_SPEC).strip().splitlines()[-1])
-    assert got["checked"] >= 300, got["checked"]
-    assert set(got["keys"]) >= {"clipfast.kernels.contrastive_loss", "clipfast.kernels.sigmoid_loss",
-                                "clipfast.kernels.quick_gelu"}
-    here = {m.__name__: sorted(repr(s.key()) for s in m.aot_specs()) for m in _aot.kernel_modules()
-            if hasattr(m, "aot_launches")}
+    here = {m.__name__: sorted(repr(s.key()) for s in m.aot_specs()) for m in _aot.kernel_modules()}
+    assert set(got["checked"]) == set(here) >= {f"clipfast.kernels.{name}" for name in (
+        "attention", "attention_pool", "contrastive_loss", "fused_adam", "quick_gelu", "sigmoid_loss")}
+    for name, n in got["checked"].items():  # every launch of every call, on both archs
+        assert n >= 2 * len(here[name]), (name, n)
     # The key names the kernel by __name__ and holds only plain values: comparable across processes.
     assert here == got["keys"]
 
@@ -144,6 +158,103 @@ def test_divisibility_follows_the_shapes():
     aligned, odd = (_aot.spec_from_launch(launch, "x") for launch in launches)
     assert {"x_ptr", "b_ptr", "y_ptr", "n_rows", "n_cols", "stride_xm", "stride_ym"} <= set(aligned.aligned)
     assert not {"n_rows", "n_cols", "stride_xm"} & set(odd.aligned) and "x_ptr" in odd.aligned
+
+
+def _divisibility(spec, ptr, ints):
+    """How ``spec`` is specialised on ``ptr`` and the ints ``ints``: "one" if one of those ints is the constant 1,
+    "aligned" if all are marked divisible by 16, "odd" if none is, else "mixed"."""
+    if any(spec.constexprs.get(name) == 1 for name in ints):
+        return "one"
+    got = [name in spec.aligned for name in (ptr, *ints)]
+    return "aligned" if all(got) else "odd" if not any(got) else "mixed"
+
+
+def _assert_covers(table, specs, config_of, ptr, ints, want=("aligned", "odd")):
+    """Every launch config of ``table`` (a set) is among the specs (``config_of(spec)``: its config, or None),
+    in each specialisation of ``want``; and the specs hold no config the table can't pick."""
+    seen = {}
+    for spec in specs:
+        seen.setdefault(config_of(spec), set()).add(_divisibility(spec, ptr, ints))
+    missing = {c: sorted(set(want) - seen.get(c, set())) for c in table if not set(want) <= seen.get(c, set())}
+    assert not missing, missing
+    assert set(seen) <= set(table), sorted(set(seen) - set(table), key=repr)
+
+
+def test_attention_specs_cover_the_tile_table():
+    """Every (fwd, dK/dV, dQ) config ``table_configs`` lists for L <= MAX_SEQLEN, causal or not, on each arch, at
+    each dtype and head dim, is compiled with CLIP's aligned specialisation and with an odd one."""
+    from clipfast.kernels import _attention_tiles as T, attention as A
+
+    table = set()
+    for arch in _aot.ARCHS:
+        for ty in A.GPU_DTYPES:
+            for d in A.HEAD_DIMS:
+                fwd, bwd = T.table_configs(d, A.MAX_SEQLEN, arch)
+                table |= {("fwd", ty, d, *row) for row in fwd}
+                table |= {("bwd", ty, d, *row[:5]) for row in bwd}
+                table |= {("dq", ty, d, *row[1:3], *row[5:]) for row in bwd if not row[0]}
+
+    def config_of(s):
+        c = s.constexprs
+        kind = {A._attn_fwd_kernel: "fwd", A._attn_bwd_kernel: "bwd", A._attn_bwd_dq_kernel: "dq"}[s.kernel]
+        single = (c["SINGLE"],) if kind == "bwd" else ()
+        return (kind, s.signature["q_ptr"][1:], c["BLOCK_D"] + c["BLOCK_DT"], *single, c["BLOCK_M"], c["BLOCK_N"],
+                s.num_warps, s.num_stages)
+    _assert_covers(table, A.aot_specs(), config_of, "q_ptr", ("stride_l", "stride_lse_h"))
+
+
+def test_attention_pool_specs_cover_the_tables():
+    from clipfast.kernels import attention_pool as P
+
+    table = {(kind, ty, *tiles[bd][:2], bd, tiles[bd][2]) for kind, tiles in (("fwd", P._FWD_TILES), ("bwd", P._BWD_TILES))
+             for ty in _aot_dtypes() for bd in tiles}
+
+    def config_of(s):
+        kind = "fwd" if s.kernel is P._attention_pool_fwd_kernel else "bwd"
+        c = s.constexprs
+        return kind, s.signature["q_ptr"][1:], c["HEADS"], c["BLOCK_N"], c["BLOCK_D"], s.num_warps
+    _assert_covers(table, P.aot_specs(), config_of, "q_ptr", ("head_dim", "stride_qb"))
+
+
+def test_fused_adam_specs_cover_every_variant():
+    """param dtype x state dtype x master (16-bit params) x stochastic rounding (bf16 params without a master),
+    each for an aligned tensor, an odd misaligned one and a 1-element one."""
+    from clipfast.kernels import fused_adam as F
+
+    modes = {"fp32": 0, "fp16": 1, "bf16": 2}
+    table = {(p, modes[st], master, sr) for p in _aot_dtypes() for st in _aot_dtypes()
+             for master in ((False,) if p == "fp32" else (False, True))
+             for sr in ((False, True) if p == "bf16" and not master else (False,))}
+    assert len(table) == 18
+
+    def config_of(s):
+        c = s.constexprs
+        assert (s.num_warps, s.num_stages, c["BLOCK"]) == (F.NUM_WARPS, F.NUM_STAGES, F.BLOCK)
+        return s.signature["p_ptr"][1:], c["STATE_MODE"], c["HAS_MASTER"], c["PARAM_SR"]
+    _assert_covers(table, F.aot_specs(), config_of, "p_ptr", ("n_elements",), want=("aligned", "odd", "one"))
+
+
+def _aot_dtypes():
+    from clipfast.kernels._common import DTYPE_NAMES
+
+    return tuple(DTYPE_NAMES.values())
+
+
+def test_attention_capture_reads_the_table_of_its_arch(monkeypatch):
+    """Under ``capture(arch)`` a meta-tensor launch picks its tiles for that arch (``specs_from_launches(...,
+    arch=ARCHS)`` then holds every arch's rows), as a launch on a CUDA device does for the device's."""
+    from clipfast.kernels import attention as A
+
+    asked = []
+    for name in ("fwd_config", "bwd_config", "bwd_dq_config"):
+        real = getattr(A, name)
+        monkeypatch.setattr(A, name, lambda *a, _real=real, **k: asked.append(a[3]) or _real(*a, **k))
+    call = next(c for c in A.aot_launches() if " B128 L77 " in c[0] and c[0].endswith("bwd"))
+    for arch in _aot.ARCHS:
+        asked.clear()
+        with _aot.capture(arch) as launches:
+            call[1](*call[2], **call[3])
+        assert asked == [arch, arch] and len(launches) == 2, (arch, asked)  # bwd_config, bwd_dq_config
 
 
 @triton.jit
@@ -216,13 +327,6 @@ def test_problems_flag_each_resource():
                          ({"local": 16}, "LOCAL"), ({"shared": 170_000}, "shared memory"),
                          ({"ctas_per_sm": 0}, "0 CTAs"), ({"error": "boom"}, "boom")):
         assert any(word in p for p in _aot.problems({**ok, **change})), change
-
-
-def test_hand_written_specs_default_to_aligned_pointers():
-    """The hand-written AotSpec form (no ``aligned``) still works: pointers aligned, ints not divisible."""
-    spec = _aot.AotSpec(kernel=object(), signature={"x_ptr": "*fp16", "n": "i32"}, constexprs={"B": 1},
-                        num_warps=4, num_stages=1, label="old")
-    assert spec.aligned_names() == ("x_ptr",)
 
 
 _PRECISION_PTX = """
