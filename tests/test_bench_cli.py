@@ -160,3 +160,19 @@ def test_loss_memory_and_roofline_run_end_to_end(tmp_path):
     for cells, r in zip(loss, rows, strict=True):
         assert _close(cells[4], r["peak_extra_bytes"] / MIB) and _close(cells[5], r["seconds"])
     assert (tmp_path / "loss_memory.png").is_file()
+
+
+def test_quick_aot_stage_reports_resources_and_occupancy(tmp_path):
+    """``clipfast bench --only aot --quick``: one config per Triton kernel, both archs, compiled for real (no
+    interpreter), with the report's full rows (resources, occupancy) and no problem."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "clipfast.train", "bench", "--only", "aot", "--quick", "--out",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "results.json").read_text())["aot"]
+    from clipfast.kernels import _aot
+
+    kernels = {spec.kernel.__name__ for m in _aot.kernel_modules() for spec in m.aot_specs()}
+    assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for k in kernels for a in _aot.ARCHS}
+    assert all(r["problems"] == [] and r["ctas_per_sm"] >= 1 and r["registers"] > 0 for r in rows), rows

@@ -24,7 +24,6 @@ it the command stops with an error saying so. The report is rendered from ``resu
 (``clipfast.train.bench_report``), so its figures are the JSON's.
 """
 import argparse
-import dataclasses
 import datetime
 import importlib
 import json
@@ -208,15 +207,11 @@ def aot_rows(all_configs: bool) -> list:
             score = ("bf16" in spec.label) * 2 + ("d64" in spec.label)
             if spec.kernel.__name__ not in chosen or score > chosen[spec.kernel.__name__][0]:
                 chosen[spec.kernel.__name__] = (score, spec)
+        model = getattr(module, "aot_bytes_per_flop", None)
         for _, spec in chosen.values():
-            for arch in _aot.ARCHS:
-                row = {"module": module.__name__.rsplit(".", 1)[-1], "kernel": spec.kernel.__name__, "label": spec.label,
-                       "arch": arch, "num_warps": spec.num_warps, "num_stages": spec.num_stages}
-                try:
-                    row.update(dataclasses.asdict(_aot.compile_spec(spec, arch)), error=None)
-                except Exception as exc:  # noqa: BLE001 - every failure is reported, not just the first
-                    row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-                rows.append(row)
+            for arch in _aot.ARCHS:  # the report's own row: resources, occupancy, B/FLOP or the compile error
+                row = _aot.spec_row(spec, arch, model(spec) if model is not None else None)
+                rows.append(dict(row, module=module.__name__.rsplit(".", 1)[-1]))
     return rows
 
 
