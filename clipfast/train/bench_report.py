@@ -198,13 +198,14 @@ def plot_loss_memory(rows, path):
     """Peak extra memory (MiB) and seconds vs N per provider, log-log; returns ``path``."""
     fig = _figure(11, 4.2)
     ax_mem, ax_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for provider in sorted({r["provider"] for r in rows}):
+    for index, provider in enumerate(sorted({r["provider"] for r in rows})):
         ok = sorted((r for r in rows if r["provider"] == provider and not r.get("error")), key=lambda r: r["n"])
+        style = dict(label=provider, color=f"C{index}")  # one colour per provider in both panels
         if ok:
-            ax_mem.plot([r["n"] for r in ok], [r["peak_extra_bytes"] / MIB for r in ok], "o-", label=provider)
+            ax_mem.plot([r["n"] for r in ok], [r["peak_extra_bytes"] / MIB for r in ok], "o-", **style)
             timed = [r for r in ok if r.get("seconds") is not None]  # counted rows have no time
             if timed:
-                ax_time.plot([r["n"] for r in timed], [r["seconds"] for r in timed], "o-", label=provider)
+                ax_time.plot([r["n"] for r in timed], [r["seconds"] for r in timed], "o-", **style)
     device = rows[0].get("device", "cpu") if rows else "cpu"
     for ax, label in ((ax_mem, "peak extra memory incl. gradients (MiB)"), (ax_time, "forward + backward (s)")):
         ax.set_xscale("log", base=2)
