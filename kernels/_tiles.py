@@ -16,6 +16,21 @@ from ._common import DTYPE_NAMES, with_fp32_precision
 
 
 @triton.jit
+def split_span(pid_s, tiles_per_split, N, BLOCK_N: tl.constexpr):
+    """[n_start, n_end): the columns of column split ``pid_s`` (``tiles_per_split`` tiles of BLOCK_N)."""
+    n_start = pid_s * tiles_per_split * BLOCK_N
+    return n_start, tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+
+
+@triton.jit
+def column_tile(b_ptr, n0, N, stride_bn, BLOCK_N: tl.constexpr):
+    """(offs_n, col_valid, b_rows) of the column tile starting at n0: its column indices, which are < N, and
+    the (BLOCK_N, 1) pointers to their rows of b."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    return offs_n, offs_n < N, b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+
+
+@triton.jit
 def dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):

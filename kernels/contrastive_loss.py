@@ -94,7 +94,8 @@ import triton.language as tl
 
 from . import _aot
 from ._common import check_scalar, input_precision
-from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile  # noqa: F401 (the AOT report's model)
+from ._tiles import aot_bytes_per_flop  # noqa: F401 (the AOT report's model of this module)
+from ._tiles import accumulate_tile_grads, column_tile, dot_tile, split_span
 from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, row_groups, splits
 
 _LSE_BLOCK = 256
@@ -119,8 +120,7 @@ def _contrastive_loss_fwd_kernel(
     pid_s = tl.program_id(1)
     scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634  # s · log2(e)
     offs_d = tl.arange(0, BLOCK_D)
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = split_span(pid_s, tiles_per_split, N, BLOCK_N)
     rb_start = pid_g * blocks_per_group
     rb_end = tl.minimum(tl.cdiv(M, BLOCK_M), rb_start + blocks_per_group)
     col_part = pid_g.to(tl.int64) * N  # this group's row of the column partials
@@ -132,9 +132,7 @@ def _contrastive_loss_fwd_kernel(
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for n0 in range(n_start, n_end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            col_valid = offs_n < N
-            b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+            offs_n, col_valid, b_rows = column_tile(b_ptr, n0, N, stride_bn, BLOCK_N)
             acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
                            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
             if HAS_POS:  # each row's positive lies in exactly one column tile: one store per row
@@ -230,12 +228,9 @@ def _contrastive_loss_bwd_kernel(
         pos_col = offs_m + pos_offset
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = split_span(pid_s, tiles_per_split, N, BLOCK_N)
     for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_valid = offs_n < N
-        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+        offs_n, col_valid, b_rows = column_tile(b_ptr, n0, N, stride_bn, BLOCK_N)
         acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
                        BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         s2 = acc * scale2

@@ -43,7 +43,8 @@ import triton.language as tl
 
 from . import _aot
 from ._common import check_scalar, input_precision
-from ._tiles import accumulate_tile_grads, aot_bytes_per_flop, dot_tile, softplus  # noqa: F401 (AOT report)
+from ._tiles import aot_bytes_per_flop  # noqa: F401 (the AOT report's model of this module)
+from ._tiles import accumulate_tile_grads, column_tile, dot_tile, softplus, split_span
 from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, splits
 
 
@@ -68,12 +69,9 @@ def _sigmoid_loss_fwd_kernel(
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
 
     loss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = split_span(pid_s, tiles_per_split, N, BLOCK_N)
     for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_valid = offs_n < N
-        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+        offs_n, col_valid, b_rows = column_tile(b_ptr, n0, N, stride_bn, BLOCK_N)
         acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
                        BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         x = acc * scale + bias
@@ -110,12 +108,9 @@ def _sigmoid_loss_bwd_kernel(
 
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = split_span(pid_s, tiles_per_split, N, BLOCK_N)
     for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_valid = offs_n < N
-        b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+        offs_n, col_valid, b_rows = column_tile(b_ptr, n0, N, stride_bn, BLOCK_N)
         acc = dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,  # a[rows] · b[cols]ᵀ
                        BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION)
         x = acc * scale + bias
