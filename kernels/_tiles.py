@@ -6,6 +6,7 @@ The host side (``CONFIGS``/``config``, ``splits``, ``check_features``) is the la
 losses share. ``tile_bytes_per_flop`` is the tiles' memory-traffic model (the B/FLOP of every config, in the kernel
 docstrings and the AOT report).
 """
+import collections
 import functools
 
 import torch
@@ -51,11 +52,11 @@ def dot_tile(a_rows, b_rows, row_valid, col_valid, offs_d, D,
 
 @triton.jit
 def accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
-                          BLOCK_D: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr,
-                          INPUT_PRECISION: tl.constexpr):
-    """da[rows] += p · b[cols] (fp32 rows this program owns: read-modify-write) and, with ATOMIC_DB,
-    db[cols] += pᵀ · a[rows] by fp32 atomics; d in BLOCK_D chunks. p: (BLOCK_M, BLOCK_N) tile of the
-    loss's dS; db is (N, D) contiguous."""
+                          BLOCK_D: tl.constexpr, ATOMIC_DA: tl.constexpr, ATOMIC_DB: tl.constexpr,
+                          UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """da[rows] += p · b[cols] (fp32 rows this program owns: read-modify-write; with ATOMIC_DA, rows that
+    other column splits share: fp32 atomics) and, with ATOMIC_DB, db[cols] += pᵀ · a[rows] by fp32
+    atomics; d in BLOCK_D chunks. p: (BLOCK_M, BLOCK_N) tile of the loss's dS; db is (N, D) contiguous."""
     for k in range(0, D, BLOCK_D):
         dk = k + offs_d
         d_valid = dk < D
@@ -63,9 +64,13 @@ def accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid,
         if UPCAST:
             b = b.to(tl.float32)
         da_mask = row_valid[:, None] & d_valid[None, :]
-        da = tl.load(da_rows + dk[None, :], mask=da_mask, other=0.0)
-        da = tl.dot(p, b, da, input_precision=INPUT_PRECISION)
-        tl.store(da_rows + dk[None, :], da, mask=da_mask)
+        if ATOMIC_DA:
+            tl.atomic_add(da_rows + dk[None, :], tl.dot(p, b, input_precision=INPUT_PRECISION), mask=da_mask,
+                          sem="relaxed")
+        else:
+            da = tl.load(da_rows + dk[None, :], mask=da_mask, other=0.0)
+            da = tl.dot(p, b, da, input_precision=INPUT_PRECISION)
+            tl.store(da_rows + dk[None, :], da, mask=da_mask)
         if ATOMIC_DB:
             a = tl.load(a_rows + dk[None, :], mask=da_mask, other=0.0)
             if UPCAST:
@@ -140,10 +145,28 @@ def config(kind, dtype, d):
     return bm, bn, block_d(d, dtype), warps, stages
 
 
+BwdPlan = collections.namedtuple("BwdPlan", "block_m block_n block_d num_warps num_stages n_row_blocks n_splits "
+                                              "tiles_per_split atomic_da")
+
+
+def bwd_plan(m, n, d, dtype, atomic_db):
+    """``BwdPlan`` of a loss backward launch on an (M, d) × (N, d) block: ``config("bwd")`` tiles, grid
+    (n_row_blocks, n_splits). Column splits share da rows: with atomic db (``deterministic=False``) they
+    add into one (M, d) da by fp32 atomics (``atomic_da``; BLOCK_D 16: at 32 the atomics' addresses spill
+    the 16-bit 128 × 128 tile on sm_80), deterministic launches write per-split partials (n_splits, M, d)
+    that the launcher sums in a fixed order."""
+    bm, bn, bd, warps, stages = config("bwd", dtype, d)
+    n_row_blocks = -(-m // bm)
+    n_splits, tiles_per_split = splits(n_row_blocks, -(-n // bn), "bwd")
+    atomic_da = atomic_db and n_splits > 1
+    return BwdPlan(bm, bn, 16 if atomic_da else bd, warps, stages, n_row_blocks, n_splits, tiles_per_split, atomic_da)
+
+
 def splits(n_row_blocks, n_col_tiles, kind="fwd"):
     """(n_splits, tiles_per_split): split the columns only when there are too few row blocks to fill
     the GPU; no split is empty. The backward aims at half the programs: it runs 1 CTA per SM (AOT
-    report) and each extra split costs a (M, d) fp32 da partial (M = 32768, 128-row blocks: 1 split)."""
+    report) and, in a deterministic launch, each extra split costs a (M, d) fp32 da partial (M = 32768,
+    128-row blocks: 1 split)."""
     target = TARGET_PROGRAMS if kind == "fwd" else TARGET_PROGRAMS // 2
     want = max(1, min(n_col_tiles, -(-target // n_row_blocks)))
     tiles_per_split = -(-n_col_tiles // want)
@@ -195,9 +218,10 @@ def aot_launch_variants():
 
 def aot_launch_shapes(dtype):
     """The (M, N, d, every_variant) blocks both losses' ``aot_launches`` use: a CLIP batch (N = 32768, d = 512:
-    sizes and strides divisible by 16), the 16-bit classes d = 96 (BLOCK_D 32) and d = 80 (d % 32 != 0: the
-    odd-d backward), and an odd block (1000 x 777, d = 72: nothing divisible by 16)."""
-    shapes = [(32768, 32768, 512, True), (4096, 4096, 80, True), (1000, 777, 72, False)]
+    sizes and strides divisible by 16), the 16-bit classes d = 96 (BLOCK_D 32; 4096 rows: column splits, so
+    atomic da) and d = 80 (d % 32 != 0: the odd-d backward; 16384 rows: one split, and its transposed
+    deterministic launch splits), and an odd block (1000 x 777, d = 72: nothing divisible by 16)."""
+    shapes = [(32768, 32768, 512, True), (16384, 4096, 80, True), (1000, 777, 72, False)]
     if dtype != torch.float32:  # fp32 has one BLOCK_D and one config per kind
         shapes.insert(1, (4096, 4096, 96, True))
     return shapes

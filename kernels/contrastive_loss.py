@@ -29,8 +29,10 @@ Algorithm.
   and turned into P with the saved LSEs, then a second loop over d chunks adds P·b[:, chunk] into this
   program's rows of da (read-modify-write of rows only this program owns: deterministic) and, with
   ATOMIC_DB, Pᵀ·a[:, chunk] into db with fp32 atomics. The positives' −c term is applied only in the
-  tiles the positive diagonal crosses. Column splits > 1 write separate da partials
-  (splits, M, d) that the launcher sums in a fixed order.
+  tiles the positive diagonal crosses. When few row blocks split the columns (``_tiles.bwd_plan``), the
+  splits share da rows: with atomic db they add into them by fp32 atomics too (no partials; BLOCK_D 16,
+  which keeps the 16-bit 128×128 tile within 255 registers), deterministic launches write separate
+  partials (splits, M, d) that the launcher sums in a fixed order.
 
 Determinism of db. The 4-matmul floor (1 forward + 3 backward) needs a reduction of db over row blocks.
 ``deterministic=False`` (the default unless ``torch.use_deterministic_algorithms(True)``) does it with
@@ -66,6 +68,7 @@ frame for sm_80 and sm_90 with the JIT's specialisation:
     kind / dtype                 tiles (M×N×D)  warps stages  B/FLOP (atomic db | det db)
     fwd  fp16/bf16               128×64×32/16   8     3       0.0234
     bwd  fp16/bf16, d % 32 == 0  128×128×32     8     1       0.0260 | 0.0273
+         (column splits, atomic da: BLOCK_D 16; same tiles, ≤ that B/FLOP: da atomics replace its read)
     bwd  fp16/bf16, other d      64×64×16       4     1       0.0521 | 0.0547
     fwd  fp32                    64×64×16       4     2       0.0625
     bwd  fp32                    64×64×16       8     1       0.0729 | 0.0781
@@ -78,9 +81,9 @@ Memory besides inputs and outputs, O(M + N): the forward's partials, 8·(groups�
 groups·splits ≈ 512 programs and groups ≈ √(512·M/N) (``_tiles.row_groups``): 11.5 MiB at M = N = 32768,
 92 MiB at 262144 (it was (M/BLOCK_M)·N·8 = 4 GiB there before row groups). The backward's gradients are
 fp32 (M·d·4 and N·d·4: da rows are accumulated across column tiles, db by atomics); beside them it
-allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MiB at 262144 (5 MiB deterministic; and da
-partials (splits, M, d) when M < 256·BLOCK_M rows split the columns: splits·M ≤ 256·BLOCK_M + M rows,
-independent of N). These are the launchers' own allocations, counted by
+allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MiB at 262144 (5 MiB
+deterministic; a deterministic launch with M < 256·BLOCK_M rows also has da partials (splits, M, d),
+splits·M ≤ 256·BLOCK_M + M rows, independent of N: 64 MiB at M = N = 4096, d = 512). These are the launchers' own allocations, counted by
 ``_launcher_memory.launcher_memory`` on meta tensors (``test_contrastive_loss_kernel.py::
 test_launcher_memory_is_linear``).
 
@@ -96,7 +99,7 @@ from . import _aot
 from ._common import check_scalar, input_precision
 from ._tiles import aot_bytes_per_flop  # noqa: F401 (the AOT report's model of this module)
 from ._tiles import accumulate_tile_grads, column_tile, dot_tile, split_span
-from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, row_groups, splits
+from ._tiles import aot_launch_shapes, aot_launch_variants, bwd_plan, check_features, config, row_groups
 
 _LSE_BLOCK = 256
 _LSE_WARPS, _LSE_STAGES = 4, 1
@@ -207,7 +210,8 @@ def _contrastive_loss_bwd_kernel(
     tiles_per_split,
     pos_offset,  # column of row 0's positive (used when HAS_POS)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_POS: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_POS: tl.constexpr, ATOMIC_DA: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid_m = tl.program_id(0)
@@ -219,7 +223,10 @@ def _contrastive_loss_bwd_kernel(
     row_valid = offs_m < M
     offs_d = tl.arange(0, BLOCK_D)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
-    da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
+    if ATOMIC_DA:  # one (M, D) da that the column splits share
+        da_rows = da_ptr + offs_m.to(tl.int64)[:, None] * D
+    else:  # one (M, D) partial per column split
+        da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
     # Padded rows/columns get lse = +inf and coef = 0, so their P is exactly 0.
     lr2 = tl.load(lse_row_ptr + offs_m, mask=row_valid, other=float("inf")).to(tl.float32) * LOG2E
     cr = tl.load(coef_row_ptr + offs_m, mask=row_valid, other=0.0).to(tl.float32) * inv_norm
@@ -247,7 +254,7 @@ def _contrastive_loss_bwd_kernel(
         if not UPCAST:
             p = p.to(a_ptr.dtype.element_ty)
         accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
-                              BLOCK_D, ATOMIC_DB, UPCAST, INPUT_PRECISION)
+                              BLOCK_D, ATOMIC_DA, ATOMIC_DB, UPCAST, INPUT_PRECISION)
         # The next tile re-reads da rows other threads of this program stored.
         tl.debug_barrier()
     tl.store(dscale_ptr + pid_s.to(tl.int64) * M + offs_m, dscale, mask=row_valid)
@@ -313,19 +320,19 @@ def contrastive_loss_fwd(a, b, scale, positive_offset=None):
 def _bwd_launch(a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos, pos_offset, atomic_db):
     """(da, db or None, dscale partials (n_splits, M)), all divided by ``norm``; db only with ``atomic_db``."""
     (m, d), n = a.shape, b.shape[0]
-    bm, bn, bd, warps, stages = config("bwd", a.dtype, d)
-    n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
-    da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
+    plan = bwd_plan(m, n, d, a.dtype, atomic_db)
+    n_splits = plan.n_splits
+    da = torch.zeros(1 if plan.atomic_da else n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
     dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
     has_pos = coef_pos is not None
-    _contrastive_loss_bwd_kernel[(n_row_blocks, n_splits)](
+    _contrastive_loss_bwd_kernel[(plan.n_row_blocks, n_splits)](
         a, b, scale, norm, lse_row, lse_col, coef_row, coef_col, coef_pos if has_pos else coef_row, da, db, dscale,
-        m, n, d, a.stride(0), b.stride(0), tiles_per_split, pos_offset,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu",
-        INPUT_PRECISION=input_precision(a.dtype), num_warps=warps, num_stages=stages)
-    da = da[0] if n_splits == 1 else da.sum(0)
+        m, n, d, a.stride(0), b.stride(0), plan.tiles_per_split, pos_offset,
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, HAS_POS=has_pos, ATOMIC_DA=plan.atomic_da,
+        ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu", INPUT_PRECISION=input_precision(a.dtype),
+        num_warps=plan.num_warps, num_stages=plan.num_stages)
+    da = da[0] if len(da) == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale
 
 

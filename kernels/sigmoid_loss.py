@@ -17,7 +17,8 @@ Algorithm: as ``contrastive_loss`` (same grid of row blocks × column splits, d 
 same config table). Forward: per-row sums in registers, per-split partials (splits, M) summed by the
 launcher in a fixed order: deterministic. Backward: each tile recomputed once; the kernel uses
 Ĝ = z·σ(−z·x) ∈ [−1, 1] (safe to cast to fp16/bf16 for the tensor cores) and the launcher multiplies by
-−c. da is accumulated into rows this program owns; db is either fp32 ``atomic_add`` (default: 3
+−c. da is accumulated into rows this program owns (split columns: as ``contrastive_loss``, fp32 atomics
+with atomic db, per-split partials when deterministic); db is either fp32 ``atomic_add`` (default: 3
 backward matmuls, db not bitwise reproducible) or, with ``deterministic=True``, a second launch on the
 transposed problem (b, a, −positive_offset): 4 backward matmuls, bitwise reproducible. d scale and
 d bias come from per-row partials summed in a fixed order.
@@ -45,7 +46,7 @@ from . import _aot
 from ._common import check_scalar, input_precision
 from ._tiles import aot_bytes_per_flop  # noqa: F401 (the AOT report's model of this module)
 from ._tiles import accumulate_tile_grads, column_tile, dot_tile, softplus, split_span
-from ._tiles import aot_launch_shapes, aot_launch_variants, check_features, config, splits
+from ._tiles import aot_launch_shapes, aot_launch_variants, bwd_plan, check_features, config, splits
 
 
 @triton.jit
@@ -94,7 +95,8 @@ def _sigmoid_loss_bwd_kernel(
     tiles_per_split,
     pos_offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_POS: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_POS: tl.constexpr, ATOMIC_DA: tl.constexpr, ATOMIC_DB: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -104,7 +106,10 @@ def _sigmoid_loss_bwd_kernel(
     row_valid = offs_m < M
     offs_d = tl.arange(0, BLOCK_D)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
-    da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
+    if ATOMIC_DA:  # one (M, D) da that the column splits share
+        da_rows = da_ptr + offs_m.to(tl.int64)[:, None] * D
+    else:  # one (M, D) partial per column split
+        da_rows = da_ptr + (pid_s.to(tl.int64) * M + offs_m.to(tl.int64))[:, None] * D
 
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -128,7 +133,7 @@ def _sigmoid_loss_bwd_kernel(
         if not UPCAST:
             p = p.to(a_ptr.dtype.element_ty)
         accumulate_tile_grads(p, a_rows, b_rows, da_rows, db_ptr, offs_n, row_valid, col_valid, offs_d, D,
-                              BLOCK_D, ATOMIC_DB, UPCAST, INPUT_PRECISION)
+                              BLOCK_D, ATOMIC_DA, ATOMIC_DB, UPCAST, INPUT_PRECISION)
         # The next tile re-reads da rows other threads of this program stored.
         tl.debug_barrier()
     row_off = pid_s.to(tl.int64) * M + offs_m
@@ -174,19 +179,18 @@ def sigmoid_loss_fwd(a, b, scale, bias, positive_offset=0):
 
 def _bwd_launch(a, b, scale, bias, offset, has_pos, atomic_db):
     (m, d), n = a.shape, b.shape[0]
-    bm, bn, bd, warps, stages = config("bwd", a.dtype, d)
-    n_row_blocks = triton.cdiv(m, bm)
-    n_splits, tiles_per_split = splits(n_row_blocks, triton.cdiv(n, bn), "bwd")
-    da = torch.zeros(n_splits, m, d, device=a.device, dtype=torch.float32)
+    plan = bwd_plan(m, n, d, a.dtype, atomic_db)
+    n_splits = plan.n_splits
+    da = torch.zeros(1 if plan.atomic_da else n_splits, m, d, device=a.device, dtype=torch.float32)
     db = torch.zeros(n, d, device=a.device, dtype=torch.float32) if atomic_db else da
     dscale = torch.empty(n_splits, m, device=a.device, dtype=torch.float32)
     dbias = torch.empty_like(dscale)
-    _sigmoid_loss_bwd_kernel[(n_row_blocks, n_splits)](
-        a, b, scale, bias, da, db, dscale, dbias, m, n, d, a.stride(0), b.stride(0), tiles_per_split, offset,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_POS=has_pos, ATOMIC_DB=atomic_db,
-        UPCAST=a.device.type == "cpu", INPUT_PRECISION=input_precision(a.dtype),
-        num_warps=warps, num_stages=stages)
-    da = da[0] if n_splits == 1 else da.sum(0)
+    _sigmoid_loss_bwd_kernel[(plan.n_row_blocks, n_splits)](
+        a, b, scale, bias, da, db, dscale, dbias, m, n, d, a.stride(0), b.stride(0), plan.tiles_per_split, offset,
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, HAS_POS=has_pos, ATOMIC_DA=plan.atomic_da,
+        ATOMIC_DB=atomic_db, UPCAST=a.device.type == "cpu", INPUT_PRECISION=input_precision(a.dtype),
+        num_warps=plan.num_warps, num_stages=plan.num_stages)
+    da = da[0] if len(da) == 1 else da.sum(0)
     return da, (db if atomic_db else None), dscale.sum(), dbias.sum()
 
 

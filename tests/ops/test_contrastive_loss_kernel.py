@@ -204,7 +204,8 @@ def test_non_contiguous_inputs():
 
 @pytest.mark.parametrize("target", [1, 10**6])
 def test_column_splits(monkeypatch, target):
-    """One column split per row block, and one column tile per program, give the same results."""
+    """One column split per row block, and one column tile per program (split da rows: shared by atomics,
+    or per-split partials when deterministic), give the same results."""
     monkeypatch.setattr(tiles, "TARGET_PROGRAMS", target)
     m, n, d = 20, 150, 32  # 3 column tiles of 64
     assert tiles.splits(1, 3) == ((1, 3) if target == 1 else (3, 1))
@@ -215,10 +216,13 @@ def test_column_splits(monkeypatch, target):
     assert_close(lse_row, ref_row, dtype=torch.float32, name="lse_row")
     assert_close(lse_col, ref_col, dtype=torch.float32, name="lse_col")
     coef_row, coef_col = torch.rand(m) / m, torch.rand(n) / n
-    da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col)
     exact = _grads_ref(a, b, scale, lse_row, lse_col, coef_row, coef_col)
-    assert_close(da, exact[0], dtype=torch.float32, name="da")
-    assert_close(db, exact[1], dtype=torch.float32, name="db")
+    for det in (False, True):
+        plan = tiles.bwd_plan(m, n, d, torch.float32, atomic_db=not det)
+        assert plan.n_splits == (1 if target == 1 else 3) and plan.atomic_da == (target > 1 and not det)
+        da, db, _ = K.contrastive_loss_bwd(a, b, scale, lse_row, lse_col, coef_row, coef_col, deterministic=det)
+        assert_close(da, exact[0], dtype=torch.float32, name=f"da det={det}")
+        assert_close(db, exact[1], dtype=torch.float32, name=f"db det={det}")
 
 
 def test_splits_never_empty():
@@ -276,6 +280,12 @@ def test_launcher_memory_is_linear():
             assert bwd.returned == 2 * n * d * 4 + 4  # da, db (fp32), dscale
             workspace[n, det] = fwd.workspace + bwd.workspace
     assert max(workspace[262144, det] for det in (False, True)) <= 128 * 2**20
+    # A small block splits its columns: atomic da needs no partials; deterministic da has one per split.
+    a, vec = torch.empty(4096, d, dtype=torch.float16, **meta), torch.empty(4096, **meta)
+    small = {det: launcher_memory(K.contrastive_loss_bwd, a, a, torch.empty(1, **meta), vec, vec, vec, vec,
+                                  deterministic=det).workspace for det in (False, True)}
+    n_splits = tiles.bwd_plan(4096, 4096, d, torch.float16, atomic_db=False).n_splits
+    assert small[False] < 2**20 and small[True] >= n_splits * 4096 * d * 4 > 8 * 2**20
     assert workspace[262144, True] <= 8.2 * workspace[32768, True]
 
 
@@ -337,16 +347,18 @@ def test_aot_specs_cover_every_heuristic_choice():
     listed = {(spec.kernel.__name__, spec.signature.get("a_ptr"), spec.constexprs.get("INPUT_PRECISION"),
                tuple(spec.constexprs.get(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")), spec.num_warps,
                spec.num_stages) for spec in specs}
-    listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["INPUT_PRECISION"], spec.constexprs["ATOMIC_DB"],
-                   spec.constexprs["BLOCK_D"]) for spec in specs if spec.kernel is K._contrastive_loss_bwd_kernel}
+    listed_bwd = {(spec.signature["a_ptr"], spec.constexprs["INPUT_PRECISION"], spec.constexprs["ATOMIC_DA"],
+                   spec.constexprs["ATOMIC_DB"], spec.constexprs["BLOCK_D"])
+                  for spec in specs if spec.kernel is K._contrastive_loss_bwd_kernel}
     for dtype, ty in DTYPE_NAMES.items():
         for precision in (("ieee", "tf32x3") if dtype == torch.float32 else ("tf32",)):
             for d in range(1, 1281):
                 for kind, kernel in (("fwd", K._contrastive_loss_fwd_kernel), ("bwd", K._contrastive_loss_bwd_kernel)):
                     bm, bn, bd, warps, stages = tiles.config(kind, dtype, d)
                     assert (kernel.__name__, f"*{ty}", precision, (bm, bn, bd), warps, stages) in listed, (kind, d)
-                for atomic in (True, False):
-                    assert (f"*{ty}", precision, atomic, tiles.block_d(d, dtype)) in listed_bwd
+                for atomic_da, atomic_db in ((False, True), (True, True), (False, False)):
+                    bd = 16 if atomic_da else tiles.block_d(d, dtype)  # as tiles.bwd_plan
+                    assert (f"*{ty}", precision, atomic_da, atomic_db, bd) in listed_bwd, (d, atomic_da, atomic_db)
 
 
 def test_fp32_dots_follow_torchs_tf32_switch():
