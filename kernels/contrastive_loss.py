@@ -83,9 +83,9 @@ groups·splits ≈ 512 programs and groups ≈ √(512·M/N) (``_tiles.row_group
 fp32 (M·d·4 and N·d·4: da rows are accumulated across column tiles, db by atomics); beside them it
 allocates the d(scale) partials and the positives' column weights, O(M + N): 4 MiB at 262144 (5 MiB
 deterministic; a deterministic launch with M < 256·BLOCK_M rows also has da partials (splits, M, d),
-splits·M ≤ 256·BLOCK_M + M rows, independent of N: 64 MiB at M = N = 4096, d = 512). These are the launchers' own allocations, counted by
-``_launcher_memory.launcher_memory`` on meta tensors (``test_contrastive_loss_kernel.py::
-test_launcher_memory_is_linear``).
+splits·M ≤ 256·BLOCK_M + M rows, independent of N: 64 MiB at M = N = 4096, d = 512). These are the
+launchers' own allocations, counted by ``_launcher_memory.launcher_memory`` on meta tensors
+(``test_contrastive_loss_kernel.py::test_launcher_memory_is_linear``).
 
 Limits: 2-D inputs with unit stride along d (others are made contiguous); d ≥ 1 (tuned for 64…1280);
 M·d and N·d < 2⁶³ (row offsets are int64); one CUDA device or CPU under ``TRITON_INTERPRET=1``.
