@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipfast.kernels import _tiles as tiles
 from clipfast.kernels import sigmoid_loss as K
 from tests.numerics import assert_close
 
@@ -51,6 +52,24 @@ def test_fwd_bwd_match_fp64(m, n, d, offset, dtype):
         assert_close(db, ref[2], dtype=dtype, name="db")
         assert_close(dscale, ref[3], dtype=torch.float32, name="dscale")
         assert_close(dbias, ref[4], dtype=torch.float32, name="dbias")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_split_columns_share_da(monkeypatch, dtype):
+    """One column tile per program: the splits' da by fp32 atomics (atomic db) or per-split partials
+    (deterministic) give the fp64 gradients."""
+    monkeypatch.setattr(tiles, "TARGET_PROGRAMS", 10**6)
+    m, n, d = 20, 300, 48
+    a, b = _features(m, d, dtype), _features(n, d, dtype)
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    ref = _ref(a, b, scale, bias, 2)
+    for det in (False, True):
+        plan = tiles.bwd_plan(m, n, d, dtype, atomic_db=not det)
+        assert plan.n_splits > 1 and plan.atomic_da == (not det)
+        da, db, dscale, dbias = K.sigmoid_loss_bwd(a, b, scale, bias, torch.tensor(1.0), 2, deterministic=det)
+        assert_close(da, ref[1], dtype=dtype, name=f"da det={det}")
+        assert_close(db, ref[2], dtype=dtype, name=f"db det={det}")
+        assert_close(dscale, ref[3], dtype=torch.float32, name="dscale")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
