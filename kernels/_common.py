@@ -1,5 +1,6 @@
 """Names shared by every kernel module (Liger's ``ops/utils.py`` role): keep one definition here."""
 import contextlib
+import functools
 import importlib.util
 import os
 
@@ -34,10 +35,10 @@ def fp32_precision(value):
 
 def with_fp32_precision(value, fn):
     """``fn`` run under ``fp32_precision(value)`` (for the AOT launch lists: the precision is read at launch)."""
+    @functools.wraps(fn)
     def run(*args, **kwargs):
         with fp32_precision(value):
             return fn(*args, **kwargs)
-    run.__name__ = getattr(fn, "__name__", "launcher")
     return run
 
 
